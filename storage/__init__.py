@@ -1,0 +1,1 @@
+"""Durable artifacts: run layout, Zarr stores, checkpoints, manifests. No Prefect, no models."""
