@@ -82,9 +82,13 @@ class Pipeline:
         (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         return root
 
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Raise before any work if a prompt has a word the tokenizer does not know."""
+        check_vocabulary(self.tokenizer, prompts)
+
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Token embeddings (B, L, D) of the prompts; unknown words are an error, not <unk>."""
-        check_vocabulary(self.tokenizer, prompts)
+        self.check_prompts(prompts)
         tokens = self.tokenizer(prompts, padding="max_length", truncation=True,
                                 max_length=self.tokenizer.model_max_length, return_tensors="pt")
         with torch.no_grad():

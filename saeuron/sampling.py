@@ -24,6 +24,11 @@ def ddim_scheduler(pipe: Pipeline, num_steps: int) -> DDIMScheduler:
     return scheduler
 
 
+def schedule_timesteps(pipe: Pipeline, num_steps: int) -> list[int]:
+    """The timestep values a DDIM run of `num_steps` visits, first to last."""
+    return [int(t) for t in ddim_scheduler(pipe, num_steps).timesteps]
+
+
 @torch.no_grad()
 def sample(pipe: Pipeline, prompts: list[str], seeds: list[int], *, num_steps: int = 20,
            guidance: float = 4.0, batch_size: int = 128,

@@ -1,0 +1,122 @@
+"""Capturing UNet blocks during sampling: named blocks, chosen timesteps, conditional half.
+
+A block is named by its module path in the UNet (`up_blocks.1.attentions.1`, as in SD). Its
+feature map (B, C, H, W) becomes (B, H*W, C): one vector per spatial position, the SAE's input.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from torch import nn
+
+Mode = Literal["output", "delta"]
+"""'output': the block's output (residual included); 'delta': output minus input."""
+
+_BLOCK_TYPES = (Transformer2DModel, ResnetBlock2D)
+
+
+def capturable_blocks(unet: nn.Module) -> list[str]:
+    """Module paths whose output is a feature map: down/mid/up blocks, their attentions, resnets."""
+    names = []
+    for name, module in unet.named_modules():
+        top = name.split(".")
+        if isinstance(module, _BLOCK_TYPES) or (len(top) == 2 and top[0] in ("down_blocks", "up_blocks")) \
+                or name == "mid_block":
+            names.append(name)
+    return names
+
+
+def resolve_blocks(unet: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """Look the blocks up, or raise naming the unknown ones and listing the capturable ones."""
+    known = capturable_blocks(unet)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown block(s) {unknown}; this UNet's capturable blocks are: "
+                         f"{', '.join(known)}")
+    if not names:
+        raise ValueError(f"no block to capture; choose among: {', '.join(known)}")
+    modules = dict(unet.named_modules())
+    return {n: modules[n] for n in names}
+
+
+def feature_map(output: object) -> torch.Tensor:
+    """The (B, C, H, W) tensor a block returns, whatever wrapper it comes in."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "sample"):
+        return output.sample
+    if isinstance(output, (tuple, list)) and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find a feature map in a block output of type {type(output).__name__}")
+
+
+def to_vectors(fmap: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C)."""
+    b, c, h, w = fmap.shape
+    return fmap.reshape(b, c, h * w).transpose(1, 2)
+
+
+class Capture:
+    """Context manager recording blocks' feature maps at chosen timesteps of a sampling run.
+
+    With classifier-free guidance the UNet sees [unconditional, conditional]; only the
+    conditional half is kept. `take()` returns {block: float32 array (B, T, P, F)} for the run.
+    """
+
+    def __init__(self, unet: nn.Module, blocks: list[str], *, timesteps: list[int] | None = None,
+                 mode: Mode = "output", cfg: bool = True):
+        if mode not in ("output", "delta"):
+            raise ValueError(f"unknown capture mode {mode!r}; use 'output' or 'delta'")
+        self.unet, self.mode, self.cfg = unet, mode, cfg
+        self.modules = resolve_blocks(unet, blocks)
+        self.wanted = None if timesteps is None else {int(t) for t in timesteps}
+        self.timesteps: list[int] = []
+        self.records: dict[str, list[torch.Tensor]] = {n: [] for n in self.modules}
+        self._now: int | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> "Capture":
+        self._handles.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(self._recorder(name), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _on_unet(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        t = int(t.flatten()[0]) if isinstance(t, torch.Tensor) else int(t)
+        self._now = t if self.wanted is None or t in self.wanted else None
+        if self._now is not None:
+            self.timesteps.append(t)
+
+    def _recorder(self, name: str):
+        def hook(_module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            if self._now is None:
+                return
+            fmap = feature_map(output)
+            if self.mode == "delta":
+                given = kwargs.get("hidden_states", args[0] if args else None)
+                if not isinstance(given, torch.Tensor) or given.shape != fmap.shape:
+                    raise ValueError(f"'delta' capture of {name!r} needs an output shaped like "
+                                     "its input; capture its 'output' instead")
+                fmap = fmap - given
+            if self.cfg:
+                fmap = fmap[fmap.shape[0] // 2:]
+            self.records[name].append(to_vectors(fmap).detach().float().cpu())
+        return hook
+
+    def take(self) -> tuple[list[int], dict[str, np.ndarray]]:
+        """(timesteps, {block: (B, T, P, F)}) recorded so far, then forget them."""
+        out = {n: torch.stack(r, dim=1).numpy() for n, r in self.records.items() if r}
+        steps = list(self.timesteps)
+        self.timesteps, self.records = [], {n: [] for n in self.modules}
+        return steps, out

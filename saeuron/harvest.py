@@ -1,0 +1,146 @@
+"""Harvest: sample a prompt grid and store the chosen blocks' activations, unit by unit.
+
+Everything that can be wrong with a configuration (unknown block, timestep not in the
+schedule, unknown concept, empty grid, missing model) is checked by `prepare` before any
+sampling. A write unit (one Zarr chunk of samples) is sampled as one batch, so its values do not
+depend on which units ran before it or in which process: a resumed or parallel harvest writes
+the same bytes as a serial one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import pandas as pd
+import torch
+from pydantic import Field
+
+import saeuron
+from saeuron.capture import Capture, resolve_blocks
+from saeuron.config import Config
+from saeuron.grid import ConceptGrid, get_grid
+from saeuron.minicanvas import MODEL_DIR
+from saeuron.pipeline import Pipeline, load_pipeline
+from saeuron.sampling import sample, schedule_timesteps
+from storage.activations import ActivationStore, StoreSpec
+
+SPLIT_SEED_BASE = {"harvest": 0, "score": 100_000, "eval": 1_000_000}
+"""First seed of each split: splits never share a seed (eval matches MiniCanvas's judge seeds)."""
+
+
+class HarvestConfig(Config):
+    model: str = Field("minicanvas", description="Pipeline folder, or 'minicanvas' for the "
+                       "shipped MiniCanvas model.")
+    grid: Literal["minicanvas", "unlearncanvas"] = Field("minicanvas", description="Concept grid.")
+    anchor_dir: str | None = Field(None, description="UnlearnCanvas only: folder of "
+                                   "<Object>.txt anchor prompt files.")
+    objects: list[str] | None = Field(None, description="Objects to prompt (default: all).")
+    styles: list[str] | None = Field(None, description="Styles to prompt, 'none' for unstyled "
+                                     "(default: all and 'none').")
+    templates: int | None = Field(None, ge=1, description="Templates per cell (default: all).")
+    split: Literal["harvest", "score", "eval"] = Field("harvest", description="Seed range used.")
+    n_seeds: int = Field(4, ge=1, le=100_000, description="Seeds per prompt.")
+    hooks: list[str] = Field(["up_blocks.1.attentions.1"], min_length=1,
+                             description="UNet blocks to capture, by module path.")
+    capture: Literal["output", "delta"] = Field("output", description="Block output, or output "
+                                                "minus input.")
+    num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
+    timesteps: list[int] | None = Field(None, description="Timestep values to keep (default: "
+                                        "every step of the schedule).")
+    guidance: float = Field(4.0, ge=1.0, le=50.0, description="Classifier-free guidance scale.")
+    samples_per_chunk: int = Field(32, ge=1, le=4096, description="Samples per chunk = per "
+                                   "write unit = per sampling batch.")
+    dtype: Literal["float16", "float32"] = Field("float16", description="Stored dtype.")
+    device: str = Field("cpu", description="torch device for sampling.")
+
+    def model_path(self) -> str:
+        return str(MODEL_DIR) if self.model == "minicanvas" else self.model
+
+    def concept_grid(self) -> ConceptGrid:
+        options = {"anchor_dir": self.anchor_dir} if self.grid == "unlearncanvas" else {}
+        if self.grid != "unlearncanvas" and self.anchor_dir:
+            raise ValueError("anchor_dir applies to the unlearncanvas grid only")
+        return get_grid(self.grid, **options)
+
+    def seeds(self) -> list[int]:
+        return [SPLIT_SEED_BASE[self.split] + i for i in range(self.n_seeds)]
+
+    def fingerprint(self) -> str:
+        """What the stored bytes depend on: everything but the device, and the code version."""
+        data = self.model_dump(exclude={"device"})
+        data["code"] = saeuron.__version__
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Harvest:
+    """A checked harvest: the loaded model, the prompt table and the store's shape."""
+
+    cfg: HarvestConfig
+    pipe: Pipeline
+    table: pd.DataFrame
+    spec: StoreSpec
+
+
+def prepare(cfg: HarvestConfig) -> Harvest:
+    """Load the model and check every option against it; no sampling happens here."""
+    table = cfg.concept_grid().table(cfg.seeds(), cfg.objects, cfg.styles, cfg.templates)
+    pipe = load_pipeline(cfg.model_path(), device=cfg.device)
+    blocks = resolve_blocks(pipe.unet, cfg.hooks)
+    schedule = schedule_timesteps(pipe, cfg.num_steps)
+    if cfg.timesteps is not None:
+        bad = [t for t in cfg.timesteps if t not in schedule]
+        if bad or not cfg.timesteps:
+            raise ValueError(f"timestep(s) {bad or cfg.timesteps} are not in the {cfg.num_steps}-step "
+                             f"DDIM schedule; its timesteps are {schedule}")
+    keep = [t for t in schedule if cfg.timesteps is None or t in cfg.timesteps]
+    pipe.check_prompts(list(table.prompt.unique()))
+    shapes = _block_shapes(pipe, blocks)
+    spec = StoreSpec(hooks=shapes, timesteps=keep, samples_per_chunk=cfg.samples_per_chunk,
+                     dtype=cfg.dtype)
+    return Harvest(cfg=cfg, pipe=pipe, table=table, spec=spec)
+
+
+def _block_shapes(pipe: Pipeline, blocks: dict) -> dict[str, tuple[int, int]]:
+    """(positions, features) of each block, from one tiny UNet call."""
+    with Capture(pipe.unet, list(blocks), cfg=False) as cap, torch.no_grad():
+        latents = torch.zeros((1,) + pipe.latent_shape, device=pipe.device, dtype=pipe.unet.dtype)
+        context = pipe.encode_prompts([""])
+        pipe.unet(latents, 999, encoder_hidden_states=context)
+    _, acts = cap.take()
+    return {name: tuple(a.shape[2:]) for name, a in acts.items()}
+
+
+def open_store(h: Harvest, url: str, force: bool = False) -> ActivationStore:
+    """Create the store for this harvest, or reopen it to resume (see ActivationStore.create)."""
+    return ActivationStore.create(url, h.spec, h.table, fingerprint=h.cfg.fingerprint(),
+                                  config=h.cfg.model_dump(mode="json"), force=force)
+
+
+def harvest_unit(h: Harvest, store: ActivationStore, unit: int) -> int:
+    """Sample one write unit with capture on, write it, mark it done; returns its sample count."""
+    rows = h.table.iloc[store.unit_samples(unit)]
+    with Capture(h.pipe.unet, list(h.spec.hooks), timesteps=h.spec.timesteps,
+                 mode=h.cfg.capture) as cap:
+        sample(h.pipe, list(rows.prompt), list(rows.seed), num_steps=h.cfg.num_steps,
+               guidance=h.cfg.guidance, batch_size=len(rows))
+    steps, acts = cap.take()
+    if steps != h.spec.timesteps:
+        raise RuntimeError(f"captured timesteps {steps} differ from the store's {h.spec.timesteps}")
+    store.write_unit(unit, acts)
+    return len(rows)
+
+
+def run_units(h: Harvest, store: ActivationStore, units: list[int],
+              progress: Callable[[int, int], None] | None = None) -> int:
+    """Write the given units that are not done yet; returns how many were written."""
+    done = store.done()
+    todo = [u for u in units if not done[u]]
+    for i, unit in enumerate(todo, 1):
+        harvest_unit(h, store, unit)
+        if progress:
+            progress(i, len(todo))
+    return len(todo)

@@ -1,0 +1,190 @@
+"""The activation store: a Zarr v3 group that is also a labelled xarray dataset.
+
+Layout (one group, so `xarray.open_zarr(url)` opens it whole):
+
+    <hook>            (sample, timestep, position, feature) float16, one chunk = whole samples
+    timestep          (timestep,)  the scheduler's timestep values, not step indices
+    sample            (sample,)    row of the prompt table
+    prompt, object, style, template, seed   (sample,) per-sample labels
+    progress/done     (unit,)      1 once a write unit (one chunk of samples) is fully written
+
+Hooks are arrays named by their module path (`up_blocks.1.attentions.1`). A write unit is one
+chunk along `sample`; its flag lives in its own chunk object, so concurrent writers never
+touch the same object, and progress is never inferred from which chunk files exist. The root
+attributes hold the configuration and its fingerprint; a store is usable once the
+fingerprint is written (last, at creation).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import BloscCodec
+
+DIMS = ("sample", "timestep", "position", "feature")
+LABELS = ("prompt", "object", "style", "template", "seed")
+DEFAULT_COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+"""Chosen by measurement on MiniCanvas activations (see BENCHMARKS.md, bench/store_codecs.py)."""
+
+
+class StoreMismatchError(ValueError):
+    """The store at a URL was made with another configuration."""
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a store holds; all of it is fixed when the store is created."""
+
+    hooks: dict[str, tuple[int, int]]
+    """Hook name -> (positions, features)."""
+    timesteps: list[int]
+    samples_per_chunk: int
+    dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        shapes = set(self.hooks.values())
+        if len(shapes) > 1:
+            raise ValueError(f"hooks of different (position, feature) shapes {self.hooks} cannot "
+                             "share one store's dimensions; harvest them into separate stores")
+        if not self.hooks or not self.timesteps:
+            raise ValueError("a store needs at least one hook and one timestep")
+
+    def units(self, n_samples: int) -> int:
+        return math.ceil(n_samples / self.samples_per_chunk)
+
+
+class ActivationStore:
+    def __init__(self, group: zarr.Group):
+        self.group = group
+        attrs = group.attrs.asdict()
+        if "fingerprint" not in attrs:
+            raise ValueError(f"{group.store} is not a complete activation store (no fingerprint)")
+        self.fingerprint: str = attrs["fingerprint"]
+        self.config: dict[str, Any] = attrs["config"]
+        self.spec = StoreSpec(hooks={k: tuple(v) for k, v in attrs["hooks"].items()},
+                              timesteps=list(attrs["timesteps"]),
+                              samples_per_chunk=attrs["samples_per_chunk"], dtype=attrs["dtype"])
+        self.n_samples: int = group["sample"].shape[0]
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(cls, url: str, spec: StoreSpec, table: pd.DataFrame, *, fingerprint: str,
+               config: dict[str, Any], force: bool = False,
+               compressor: Any = DEFAULT_COMPRESSOR) -> "ActivationStore":
+        """Open the store for `fingerprint`, creating it if needed.
+
+        An existing store of the same fingerprint is returned as it is (to resume); one of
+        another fingerprint is refused unless `force`, which deletes it and starts over.
+        """
+        existing = cls.open_existing(url)
+        if existing is not None:
+            if existing.fingerprint == fingerprint:
+                return existing
+            if not force:
+                raise StoreMismatchError(
+                    f"{url} holds activations of another configuration (fingerprint "
+                    f"{existing.fingerprint[:12]}, not {fingerprint[:12]}); use another path, "
+                    "or force to overwrite it")
+        if table.empty:
+            raise ValueError("cannot create an activation store for an empty prompt table")
+        group = zarr.open_group(url, mode="w", zarr_format=3)
+        n = len(table)
+        spc = spec.samples_per_chunk
+        for hook, (positions, features) in spec.hooks.items():
+            group.create_array(hook, shape=(n, len(spec.timesteps), positions, features),
+                               chunks=(spc, len(spec.timesteps), positions, features),
+                               dtype=spec.dtype, compressors=[compressor], fill_value=0,
+                               dimension_names=DIMS,
+                               attributes={"coordinates": " ".join(LABELS)})
+        cls._coord(group, "timestep", np.asarray(spec.timesteps, np.int64), "timestep")
+        cls._coord(group, "sample", np.asarray(table.index, np.int64), "sample")
+        cls._coord(group, "position", np.arange(next(iter(spec.hooks.values()))[0]), "position")
+        for label in LABELS:
+            values = table[label].to_numpy()
+            if values.dtype != object:
+                values = values.astype(np.int64)
+            cls._coord(group, label, values, "sample")
+        group.create_array("progress/done", shape=(spec.units(n),), chunks=(1,), dtype="uint8",
+                           fill_value=0, dimension_names=("unit",))
+        group.attrs.update({"hooks": {k: list(v) for k, v in spec.hooks.items()},
+                            "timesteps": list(map(int, spec.timesteps)),
+                            "samples_per_chunk": spc, "dtype": spec.dtype, "config": config})
+        group.attrs["fingerprint"] = fingerprint
+        with warnings.catch_warnings():  # consolidated metadata is a zarr-python v3 extension
+            warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+            zarr.consolidate_metadata(url)
+        return cls(zarr.open_group(url, mode="r+", zarr_format=3))
+
+    @staticmethod
+    def _coord(group: zarr.Group, name: str, values: np.ndarray, dim: str) -> None:
+        dtype = str if values.dtype == object else values.dtype
+        arr = group.create_array(name, shape=values.shape, dtype=dtype, chunks=values.shape,
+                                 dimension_names=(dim,))
+        arr[...] = values
+
+    @classmethod
+    def open_existing(cls, url: str) -> "ActivationStore | None":
+        """The complete store at `url`, or None if there is none (or only a half-made one)."""
+        try:
+            group = zarr.open_group(url, mode="r+", zarr_format=3)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            return None
+        if "fingerprint" not in group.attrs:
+            return None
+        return cls(group)
+
+    @classmethod
+    def open(cls, url: str) -> "ActivationStore":
+        store = cls.open_existing(url)
+        if store is None:
+            raise FileNotFoundError(f"no activation store at {url}")
+        return store
+
+    # ------------------------------------------------------------------ progress and writes
+    @property
+    def n_units(self) -> int:
+        return self.spec.units(self.n_samples)
+
+    def unit_samples(self, unit: int) -> slice:
+        spc = self.spec.samples_per_chunk
+        return slice(unit * spc, min((unit + 1) * spc, self.n_samples))
+
+    def done(self) -> np.ndarray:
+        """Bool per write unit: fully written."""
+        return self.group["progress/done"][:].astype(bool)
+
+    def missing_units(self) -> list[int]:
+        return [int(u) for u in np.flatnonzero(~self.done())]
+
+    def write_unit(self, unit: int, acts: dict[str, np.ndarray]) -> None:
+        """Write one unit's activations for every hook, then mark it done."""
+        rows = self.unit_samples(unit)
+        expected = set(self.spec.hooks)
+        if set(acts) != expected:
+            raise ValueError(f"unit {unit}: got hooks {sorted(acts)}, the store holds {sorted(expected)}")
+        for hook, values in acts.items():
+            arr = self.group[hook]
+            want = (rows.stop - rows.start,) + arr.shape[1:]
+            if values.shape != want:
+                raise ValueError(f"unit {unit}, hook {hook}: shape {values.shape}, expected {want}")
+            arr[rows] = values.astype(self.spec.dtype)
+        self.group["progress/done"][unit] = 1
+
+    def nbytes_stored(self) -> int:
+        """Bytes of the stored activation chunks (after compression)."""
+        total = 0
+        for hook in self.spec.hooks:
+            total += self.group[hook].nbytes_stored()
+        return int(total)
+
+    def vectors_written(self) -> int:
+        done_samples = sum(self.unit_samples(u).stop - self.unit_samples(u).start
+                           for u in np.flatnonzero(self.done()))
+        return int(sum(done_samples * len(self.spec.timesteps) * p
+                       for p, _ in self.spec.hooks.values()))
