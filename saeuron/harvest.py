@@ -54,6 +54,8 @@ class HarvestConfig(Config):
     samples_per_chunk: int = Field(32, ge=1, le=4096, description="Samples per chunk = per "
                                    "write unit = per sampling batch.")
     dtype: Literal["float16", "float32"] = Field("float16", description="Stored dtype.")
+    codec: Literal["blosc-zstd", "blosc-zstd-bitshuffle", "blosc-lz4", "zstd", "none"] = Field(
+        "blosc-zstd", description="Compressor of the activation chunks.")
     device: str = Field("cpu", description="torch device for sampling.")
 
     def model_path(self) -> str:
@@ -117,7 +119,8 @@ def _block_shapes(pipe: Pipeline, blocks: dict) -> dict[str, tuple[int, int]]:
 def open_store(h: Harvest, url: str, force: bool = False) -> ActivationStore:
     """Create the store for this harvest, or reopen it to resume (see ActivationStore.create)."""
     return ActivationStore.create(url, h.spec, h.table, fingerprint=h.cfg.fingerprint(),
-                                  config=h.cfg.model_dump(mode="json"), force=force)
+                                  config=h.cfg.model_dump(mode="json"), force=force,
+                                  codec=h.cfg.codec)
 
 
 def harvest_unit(h: Harvest, store: ActivationStore, unit: int) -> int:

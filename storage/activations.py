@@ -25,12 +25,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, ZstdCodec
 
 DIMS = ("sample", "timestep", "position", "feature")
 LABELS = ("prompt", "object", "style", "template", "seed")
-DEFAULT_COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
-"""Chosen by measurement on MiniCanvas activations (see BENCHMARKS.md, bench/store_codecs.py)."""
+CODECS: dict[str, list[Any]] = {
+    "blosc-zstd": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
+    "blosc-zstd-bitshuffle": [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")],
+    "blosc-lz4": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+    "zstd": [ZstdCodec(level=3)],
+    "none": [],
+}
+"""Compressors a store can use, by name; see bench/store_codecs.py and BENCHMARKS.md."""
+DEFAULT_CODEC = "blosc-zstd"
+"""Chosen by measurement on MiniCanvas activations (BENCHMARKS.md)."""
 
 
 class StoreMismatchError(ValueError):
@@ -76,7 +84,7 @@ class ActivationStore:
     @classmethod
     def create(cls, url: str, spec: StoreSpec, table: pd.DataFrame, *, fingerprint: str,
                config: dict[str, Any], force: bool = False,
-               compressor: Any = DEFAULT_COMPRESSOR) -> "ActivationStore":
+               codec: str = DEFAULT_CODEC) -> "ActivationStore":
         """Open the store for `fingerprint`, creating it if needed.
 
         An existing store of the same fingerprint is returned as it is (to resume); one of
@@ -91,6 +99,8 @@ class ActivationStore:
                     f"{url} holds activations of another configuration (fingerprint "
                     f"{existing.fingerprint[:12]}, not {fingerprint[:12]}); use another path, "
                     "or force to overwrite it")
+        if codec not in CODECS:
+            raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
         if table.empty:
             raise ValueError("cannot create an activation store for an empty prompt table")
         group = zarr.open_group(url, mode="w", zarr_format=3)
@@ -99,7 +109,7 @@ class ActivationStore:
         for hook, (positions, features) in spec.hooks.items():
             group.create_array(hook, shape=(n, len(spec.timesteps), positions, features),
                                chunks=(spc, len(spec.timesteps), positions, features),
-                               dtype=spec.dtype, compressors=[compressor], fill_value=0,
+                               dtype=spec.dtype, compressors=CODECS[codec], fill_value=0,
                                dimension_names=DIMS,
                                attributes={"coordinates": " ".join(LABELS)})
         cls._coord(group, "timestep", np.asarray(spec.timesteps, np.int64), "timestep")
