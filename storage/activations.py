@@ -186,6 +186,20 @@ class ActivationStore:
             arr[rows] = values.astype(self.spec.dtype)
         self.group["progress/done"][unit] = 1
 
+    def read_unit(self, hook: str, unit: int, timesteps: list[int] | None = None) -> np.ndarray:
+        """One write unit of a hook, (samples, timesteps, positions, features), stored dtype."""
+        if hook not in self.spec.hooks:
+            raise KeyError(f"the store has no hook {hook!r}; it holds {sorted(self.spec.hooks)}")
+        data = self.group[hook][self.unit_samples(unit)]
+        if timesteps is not None:
+            data = data[:, [self.spec.timesteps.index(t) for t in timesteps]]
+        return data
+
+    def labels(self) -> pd.DataFrame:
+        """The per-sample labels, one row per sample."""
+        return pd.DataFrame({name: self.group[name][:] for name in LABELS},
+                            index=pd.Index(self.group["sample"][:], name="sample"))
+
     def nbytes_stored(self) -> int:
         """Bytes of the stored activation chunks (after compression)."""
         total = 0
