@@ -9,41 +9,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from saeuron.loader import VectorStream
 from saeuron.sae_train import CHECKPOINT, SAETrainConfig, SAETrainer
-from storage.activations import ActivationStore, StoreSpec
+from stores import HOOK, synthetic_store
 
 ROOT = Path(__file__).resolve().parents[1]
-HOOK = "up_blocks.1.attentions.1"
-
-
-def synthetic_store(url: str, n: int = 12, t: int = 3, p: int = 4, f: int = 8,
-                    spc: int = 4, ids: bool = False, seed: int = 0) -> ActivationStore:
-    """A store whose vectors are either unique ids (feature 0) or sparse mixtures of a dictionary."""
-    table = pd.DataFrame({"prompt": [f"p{i}" for i in range(n)], "object": ["circle"] * n,
-                          "style": ["none"] * n, "template": [0] * n, "seed": list(range(n))})
-    spec = StoreSpec(hooks={HOOK: (p, f)}, timesteps=list(range(900, 900 - 100 * t, -100)),
-                     samples_per_chunk=spc, dtype="float32")
-    store = ActivationStore.create(url, spec, table, fingerprint=f"synthetic-{ids}-{seed}",
-                                   config={})
-    rng = np.random.default_rng(seed)
-    atoms = rng.normal(size=(4 * f, f)).astype(np.float32)
-    for unit in range(store.n_units):
-        rows = store.unit_samples(unit)
-        count = rows.stop - rows.start
-        if ids:
-            data = np.zeros((count, t, p, f), np.float32)
-            data[..., 0] = np.arange(rows.start * t * p, rows.stop * t * p).reshape(count, t, p)
-        else:
-            codes = rng.exponential(size=(count, t, p, 4 * f)) * (rng.random((count, t, p, 4 * f)) < 0.08)
-            data = (codes @ atoms).astype(np.float32)
-        store.write_unit(unit, {HOOK: data})
-    return store
 
 
 def test_loader_visits_every_vector_of_an_epoch_exactly_once(tmp_path):

@@ -1,0 +1,125 @@
+"""Scoring SAE features per concept with Dask, and selecting the concept features.
+
+The activation store is encoded chunk by chunk (dask.array over the Zarr array, one task per
+chunk), averaged over positions, and reduced to sums per (concept, timestep, feature) with a
+one-hot matrix of labels, so memory holds a few chunks and the (concept, timestep, feature)
+sums, never the store. The SAeUron score of feature i for concept c at timestep t is
+
+    score = mu(i,t,D_c) / sum_j mu(j,t,D_c)  -  mu(i,t,D_notc) / sum_j mu(j,t,D_notc)
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+import torch
+
+from saeuron.sae import SparseAutoencoder
+from storage.activations import ActivationStore
+
+EPS = 1e-9
+DOMAINS = ("style", "object")
+
+
+@dataclass
+class ConceptMeans:
+    """Mean SAE activations of one label domain (style or object)."""
+
+    concepts: list[str]
+    timesteps: list[int]
+    sums: np.ndarray
+    """(concept, timestep, feature) sums of position-averaged latents over the concept's samples."""
+    counts: np.ndarray
+    """(concept,) samples per concept."""
+
+    @property
+    def means(self) -> np.ndarray:
+        return self.sums / np.maximum(self.counts, 1)[:, None, None]
+
+    @property
+    def mean_all(self) -> np.ndarray:
+        """(timestep, feature) mean over every sample of the domain, all concepts together."""
+        return self.sums.sum(0) / max(int(self.counts.sum()), 1)
+
+    def scores(self) -> np.ndarray:
+        """(concept, timestep, feature) SAeUron scores."""
+        mu_c = self.means
+        rest = (self.sums.sum(0)[None] - self.sums) / np.maximum(
+            self.counts.sum() - self.counts, 1)[:, None, None]
+        return (mu_c / (mu_c.sum(-1, keepdims=True) + EPS)
+                - rest / (rest.sum(-1, keepdims=True) + EPS))
+
+
+def _encode_chunk(block: np.ndarray, sae: SparseAutoencoder) -> np.ndarray:
+    """(n, T, P, F) activations -> (n, T, L) position-averaged TopK latents, float32."""
+    n, t, p, f = block.shape
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).reshape(-1, f)
+        dense = sae.dense_latents(x)
+    return dense.reshape(n, t, p, -1).mean(2).numpy()
+
+
+def encoded_means(store: ActivationStore, hook: str, sae: SparseAutoencoder) -> da.Array:
+    """Lazy (sample, timestep, latent) position-averaged latents, one task per store chunk."""
+    if hook not in store.spec.hooks:
+        raise ValueError(f"the activation store has no hook {hook!r}; it holds "
+                         f"{sorted(store.spec.hooks)}")
+    width = store.spec.hooks[hook][1]
+    if width != sae.cfg.d_in:
+        raise ValueError(f"hook {hook!r} has width {width} but the SAE takes {sae.cfg.d_in}")
+    acts = da.from_zarr(store.group[hook])
+    return da.map_blocks(_encode_chunk, acts, sae, dtype=np.float32,
+                         chunks=(acts.chunks[0], acts.chunks[1], (sae.cfg.n_latents,)),
+                         drop_axis=[2, 3], new_axis=[2])
+
+
+def concept_means(store: ActivationStore, hook: str, sae: SparseAutoencoder,
+                  scheduler: str | None = None) -> dict[str, ConceptMeans]:
+    """Per-domain sums and counts, computed in one Dask pass over the store.
+
+    `scheduler`: None (threads), a dask scheduler name, or a dask.distributed address.
+    """
+    labels = store.labels()
+    latents = encoded_means(store, hook, sae)
+    onehots, concepts = {}, {}
+    for domain in DOMAINS:
+        names = sorted(labels[domain].unique())
+        concepts[domain] = names
+        onehot = (labels[domain].to_numpy()[:, None] == np.array(names)[None]).astype(np.float32)
+        onehots[domain] = da.from_array(onehot, chunks=(latents.chunks[0], len(names)))
+    sums = {d: da.einsum("nc,ntl->ctl", onehots[d], latents) for d in DOMAINS}
+    computed = _compute(sums, scheduler)
+    return {d: ConceptMeans(concepts=concepts[d], timesteps=list(store.spec.timesteps),
+                            sums=computed[d],
+                            counts=np.array([(labels[d] == c).sum() for c in concepts[d]]))
+            for d in DOMAINS}
+
+
+def _compute(graph: dict, scheduler: str | None) -> dict:
+    """On the threaded scheduler by default, or on a dask.distributed cluster by its address."""
+    if scheduler and "://" in scheduler:
+        from distributed import Client
+
+        with Client(scheduler) as client:
+            return client.compute(graph, sync=True)
+    with dask.config.set(scheduler=scheduler) if scheduler else nullcontext():
+        return dask.compute(graph)[0]
+
+
+def select_features(scores: np.ndarray, *, percentile: float | None = None,
+                    top_n: int | None = None) -> np.ndarray:
+    """(concept, timestep, feature) bool: per timestep, scores above the percentile, or top n."""
+    if (percentile is None) == (top_n is None):
+        raise ValueError("choose exactly one of percentile or top_n")
+    if top_n is not None:
+        if not 1 <= top_n <= scores.shape[-1]:
+            raise ValueError(f"top_n must be in [1, {scores.shape[-1]}], got {top_n}")
+        kth = np.sort(scores, axis=-1)[..., -top_n][..., None]
+        return scores >= kth
+    if not 0 <= percentile < 100:
+        raise ValueError(f"percentile must be in [0, 100), got {percentile}")
+    return scores > np.percentile(scores, percentile, axis=-1, keepdims=True)

@@ -1,0 +1,76 @@
+"""Dask scoring equals a plain in-memory computation, locally and on a LocalCluster."""
+
+import numpy as np
+import pytest
+import torch
+
+from saeuron.sae import SAEConfig, SparseAutoencoder
+from saeuron.scoring import concept_means, select_features
+from stores import HOOK, synthetic_store
+
+
+@pytest.fixture
+def store_and_sae(tmp_path):
+    store = synthetic_store(str(tmp_path / "acts.zarr"), n=24, spc=5)
+    torch.manual_seed(0)
+    return store, SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=4, k=4))
+
+
+def numpy_reference(store, sae, domain):
+    """Means and scores straight from the definitions, everything in memory."""
+    acts = store.group[HOOK][:].astype(np.float32)
+    n, t, p, f = acts.shape
+    with torch.no_grad():
+        latents = sae.dense_latents(torch.from_numpy(acts.reshape(-1, f))).numpy()
+    per_sample = latents.reshape(n, t, p, -1).mean(2)
+    labels = store.labels()[domain].to_numpy()
+    concepts = sorted(set(labels))
+    means = np.stack([per_sample[labels == c].mean(0) for c in concepts])
+    rest = np.stack([per_sample[labels != c].mean(0) for c in concepts])
+    scores = means / (means.sum(-1, keepdims=True) + 1e-9) - rest / (rest.sum(-1, keepdims=True) + 1e-9)
+    return concepts, means, scores, per_sample.mean(0)
+
+
+@pytest.mark.parametrize("domain", ["style", "object"])
+def test_dask_scoring_equals_numpy(store_and_sae, domain):
+    store, sae = store_and_sae
+    result = concept_means(store, HOOK, sae)[domain]
+    concepts, means, scores, mean_all = numpy_reference(store, sae, domain)
+    assert result.concepts == concepts
+    assert result.timesteps == store.spec.timesteps
+    np.testing.assert_allclose(result.means, means, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.scores(), scores, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.mean_all, mean_all, rtol=1e-5, atol=1e-6)
+    assert result.counts.sum() == store.n_samples
+
+
+def test_scoring_on_a_local_cluster(store_and_sae):
+    from distributed import LocalCluster
+
+    store, sae = store_and_sae
+    local = concept_means(store, HOOK, sae)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        remote = concept_means(store, HOOK, sae, scheduler=cluster.scheduler_address)
+    for domain in ("style", "object"):
+        np.testing.assert_allclose(remote[domain].sums, local[domain].sums, rtol=1e-6)
+
+
+def test_selection_by_percentile_and_top_n():
+    scores = np.arange(2 * 3 * 100, dtype=float).reshape(2, 3, 100)
+    top = select_features(scores, top_n=2)
+    assert top.sum(-1).tolist() == [[2, 2, 2], [2, 2, 2]]
+    assert top[..., -2:].all()
+    pct = select_features(scores, percentile=95)
+    assert pct.sum(-1).tolist() == [[5, 5, 5], [5, 5, 5]]
+    with pytest.raises(ValueError, match="exactly one"):
+        select_features(scores)
+    with pytest.raises(ValueError, match="top_n must be in"):
+        select_features(scores, top_n=0)
+
+
+def test_store_and_sae_must_fit(store_and_sae):
+    store, _ = store_and_sae
+    wide = SparseAutoencoder(SAEConfig(d_in=16, expansion_factor=2, k=2))
+    with pytest.raises(ValueError, match="width 8 but the SAE takes 16"):
+        concept_means(store, HOOK, wide)
