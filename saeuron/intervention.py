@@ -27,25 +27,36 @@ from saeuron.sae import SparseAutoencoder
 
 @dataclass
 class Edit:
-    """What to remove: per scored timestep, the selected features and the means they need."""
+    """What to remove: per scored timestep, the selected features and their edit factors."""
 
     timesteps: list[int]
     selected: np.ndarray
-    """(timestep, feature) bool: union of the target concepts' selections."""
-    concept_mean: np.ndarray
-    """(timestep, feature) mu(i, t, D_c): for several concepts, the largest of theirs."""
+    """(timestep, feature) bool: the union of the target concepts' selections."""
+    factor: np.ndarray
+    """(timestep, feature) gamma * mu(i, t, D_c): a hit latent z_i becomes factor_i * z_i."""
     mean_all: np.ndarray
-    """(timestep, feature) mu(i, t, D): mean over all concepts."""
-    multiplier: float = -1.0
-
-    def __post_init__(self) -> None:
-        if self.multiplier >= 0:
-            warnings.warn(f"multiplier {self.multiplier} is not negative: the selected features "
-                          "will be kept or amplified instead of removed", stacklevel=2)
+    """(timestep, feature) mu(i, t, D): a latent is edited only where it exceeds this."""
 
     def row(self, t: int) -> int:
         """Index of the scored timestep nearest to t (by value, never by step number)."""
         return int(np.argmin(np.abs(np.asarray(self.timesteps) - t)))
+
+    @classmethod
+    def for_concepts(cls, timesteps: list[int], selected: np.ndarray, concept_mean: np.ndarray,
+                     multipliers: list[float], mean_all: np.ndarray) -> "Edit":
+        """Union over concepts: `selected` and `concept_mean` are (concept, timestep, feature).
+
+        Where several concepts select the same feature, the strongest (most negative) factor wins.
+        """
+        for m in multipliers:
+            if m >= 0:
+                warnings.warn(f"multiplier {m} is not negative: the selected features will be "
+                              "kept or amplified instead of removed", stacklevel=2)
+        gammas = np.asarray(multipliers, np.float32)[:, None, None]
+        factors = np.where(selected, gammas * concept_mean, np.inf)
+        return cls(timesteps=list(timesteps), selected=selected.any(0),
+                   factor=np.where(selected.any(0), factors.min(0), 1.0).astype(np.float32),
+                   mean_all=mean_all.astype(np.float32))
 
 
 class Unlearn:
@@ -87,9 +98,9 @@ class Unlearn:
             row = self.edit.row(self._t)
             selected = torch.from_numpy(self.edit.selected[row]).to(x.device)
             mean_all = torch.from_numpy(self.edit.mean_all[row]).float().to(x.device)
-            mean_c = torch.from_numpy(self.edit.concept_mean[row]).float().to(x.device)
+            factor = torch.from_numpy(self.edit.factor[row]).to(x.device)
             hit = selected[idx] & (acts > mean_all[idx])
-            edited = torch.where(hit, self.edit.multiplier * mean_c[idx] * acts, acts)
+            edited = torch.where(hit, factor[idx] * acts, acts)
             self.edited_fraction.append(float(hit.sum()) / max(1, int(selected.sum()) * len(vectors)))
         recon = self.sae.decode(acts, idx)
         new = self.sae.decode(edited, idx)

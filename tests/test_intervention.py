@@ -28,11 +28,10 @@ def sae(pipe):
 
 def edit_for(pipe, sae, selected_features=(), multiplier=-1.0, steps=4) -> Edit:
     timesteps = schedule_timesteps(pipe, steps)
-    selected = np.zeros((len(timesteps), sae.cfg.n_latents), bool)
-    selected[:, list(selected_features)] = True
-    return Edit(timesteps=timesteps, selected=selected,
-                concept_mean=np.full(selected.shape, 0.5, np.float32),
-                mean_all=np.zeros(selected.shape, np.float32), multiplier=multiplier)
+    selected = np.zeros((1, len(timesteps), sae.cfg.n_latents), bool)
+    selected[..., list(selected_features)] = True
+    return Edit.for_concepts(timesteps, selected, np.full(selected.shape, 0.5, np.float32),
+                             [multiplier], np.zeros(selected.shape[1:], np.float32))
 
 
 def test_an_edit_of_nothing_leaves_the_pictures_unchanged(pipe, sae):
@@ -80,3 +79,13 @@ def test_nearest_scored_timestep_by_value(pipe, sae):
 def test_a_multiplier_of_the_wrong_sign_warns(pipe, sae):
     with pytest.warns(UserWarning, match="multiplier 2.0 is not negative"):
         edit_for(pipe, sae, multiplier=2.0)
+
+
+def test_several_concepts_take_the_union_and_the_strongest_factor():
+    selected = np.zeros((2, 1, 4), bool)
+    selected[0, 0, [0, 1]] = True
+    selected[1, 0, [1, 2]] = True
+    mean = np.array([[[1.0, 2.0, 3.0, 4.0]], [[1.0, 1.0, 1.0, 1.0]]], np.float32)
+    edit = Edit.for_concepts([500], selected, mean, [-1.0, -5.0], np.zeros((1, 4), np.float32))
+    assert edit.selected.tolist() == [[True, True, True, False]]
+    assert edit.factor.tolist() == [[-1.0, -5.0, -5.0, 1.0]]

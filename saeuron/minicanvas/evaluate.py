@@ -31,6 +31,10 @@ class GridResult:
     """bool (seeds, styles, objects): the judge saw the prompted style."""
     object_ok: np.ndarray
     """bool (seeds, styles, objects): the judge saw the prompted object."""
+    style_pred: np.ndarray
+    """int (seeds, styles, objects): the judged style, an index into ALL_STYLES."""
+    object_pred: np.ndarray
+    """int (seeds, styles, objects): the judged object, an index into OBJECTS."""
 
     @property
     def style_accuracy(self) -> float:
@@ -82,7 +86,8 @@ def sample_grid(pipe: Pipeline, judge: Judge, seeds: tuple[int, ...] = EVAL_SEED
     shape = (len(seeds), len(ALL_STYLES), len(OBJECTS))
     return GridResult(images=images.reshape(shape + images.shape[1:]),
                       style_ok=(style_pred == style_true).reshape(shape),
-                      object_ok=(object_pred == object_true).reshape(shape))
+                      object_ok=(object_pred == object_true).reshape(shape),
+                      style_pred=style_pred.reshape(shape), object_pred=object_pred.reshape(shape))
 
 
 def grid_picture(images: np.ndarray, path: str | Path, scale: int = 3, gap: int = 2) -> Path:

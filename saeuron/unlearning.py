@@ -1,0 +1,44 @@
+"""Unlearning metrics of the UnlearnCanvas protocol: UA, IRA and CRA.
+
+For target concept(s) C of one domain (style or object), over a grid of images prompted with
+every (object, style) cell and judged by a classifier:
+
+- UA, unlearning accuracy: over images prompted with a concept of C, the share NOT classified
+  as the concept they were prompted with;
+- IRA, in-domain retain accuracy: over images prompted with the domain's other concepts, the
+  share classified correctly in that domain;
+- CRA, cross-domain retain accuracy: over all images, the share classified correctly in the
+  other domain.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from saeuron.minicanvas.data import ALL_STYLES
+from saeuron.minicanvas.evaluate import GridResult
+from saeuron.minicanvas.render import OBJECTS
+
+DOMAIN_LABELS = {"style": ALL_STYLES, "object": OBJECTS}
+
+
+def unlearning_metrics(result: GridResult, domain: str, concepts: list[str]) -> dict[str, float]:
+    """UA, IRA and CRA (in [0, 1]) of a judged MiniCanvas grid for targets of one domain."""
+    if domain not in DOMAIN_LABELS:
+        raise ValueError(f"unknown domain {domain!r}; use 'style' or 'object'")
+    labels = DOMAIN_LABELS[domain]
+    unknown = [c for c in concepts if c not in labels]
+    if unknown or not concepts:
+        raise ValueError(f"unknown {domain} target(s) {unknown or concepts}; known: "
+                         f"{', '.join(labels)}")
+    seeds, n_styles, n_objects = result.style_pred.shape
+    true_style = np.broadcast_to(np.arange(n_styles)[None, :, None], result.style_pred.shape)
+    true_object = np.broadcast_to(np.arange(n_objects)[None, None, :], result.object_pred.shape)
+    truth = {"style": true_style, "object": true_object}
+    pred = {"style": result.style_pred, "object": result.object_pred}
+    other = "object" if domain == "style" else "style"
+    target = np.isin(truth[domain], [labels.index(c) for c in concepts])
+    correct = pred[domain] == truth[domain]
+    return {"UA": float((~correct[target]).mean()),
+            "IRA": float(correct[~target].mean()),
+            "CRA": float((pred[other] == truth[other]).mean())}

@@ -1,0 +1,97 @@
+"""The feature store: per-concept mean SAE activations, scores and selected features, as data.
+
+Layout (Zarr v3; each domain group opens with `xarray.open_zarr(url, group=domain)`):
+
+    mean_all                      (timestep, feature)   mean over every scored sample
+    <domain>/timestep, concept    coordinates           domain in {style, object}
+    <domain>/mean                 (concept, timestep, feature)
+    <domain>/count                (concept,)
+    <domain>/score                (concept, timestep, feature)
+    <domain>/selected             (concept, timestep, feature) bool
+    <domain>/multiplier           (concept,)            gamma of the intervention
+    attrs: sae_fingerprint, hook, selection options
+
+The SAE fingerprint (hash of its weights file) ties the store to the SAE it was scored with:
+using it with another SAE is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+DOMAINS = ("style", "object")
+
+
+def sae_fingerprint(sae_folder: str | Path) -> str:
+    return hashlib.sha256((Path(sae_folder) / "sae.safetensors").read_bytes()).hexdigest()
+
+
+@dataclass
+class DomainFeatures:
+    concepts: list[str]
+    timesteps: list[int]
+    mean: np.ndarray
+    count: np.ndarray
+    score: np.ndarray
+    selected: np.ndarray
+    multiplier: np.ndarray
+
+    def index(self, concept: str) -> int:
+        if concept not in self.concepts:
+            raise ValueError(f"unknown concept {concept!r}; known: {', '.join(self.concepts)}")
+        return self.concepts.index(concept)
+
+
+def write_features(url: str, *, hook: str, sae_fp: str, mean_all: np.ndarray,
+                   domains: dict[str, DomainFeatures], attrs: dict[str, Any]) -> None:
+    group = zarr.open_group(url, mode="w", zarr_format=3)
+    _array(group, "mean_all", mean_all, ("timestep", "feature"))
+    for name, d in domains.items():
+        sub = group.create_group(name)
+        _array(sub, "timestep", np.asarray(d.timesteps, np.int64), ("timestep",))
+        _array(sub, "concept", np.asarray(d.concepts, dtype=object), ("concept",))
+        dims = ("concept", "timestep", "feature")
+        _array(sub, "mean", d.mean.astype(np.float32), dims)
+        _array(sub, "score", d.score.astype(np.float32), dims)
+        _array(sub, "selected", d.selected.astype(bool), dims)
+        _array(sub, "count", d.count.astype(np.int64), ("concept",))
+        _array(sub, "multiplier", d.multiplier.astype(np.float32), ("concept",))
+    group.attrs.update({**attrs, "hook": hook})
+    group.attrs["sae_fingerprint"] = sae_fp
+
+
+def _array(group: zarr.Group, name: str, values: np.ndarray, dims: tuple[str, ...]) -> None:
+    dtype = str if values.dtype == object else values.dtype
+    arr = group.create_array(name, shape=values.shape, dtype=dtype, chunks=values.shape,
+                             dimension_names=dims)
+    arr[...] = values
+
+
+def read_features(url: str, sae_fp: str | None = None) -> tuple[dict[str, Any], np.ndarray,
+                                                                  dict[str, DomainFeatures]]:
+    """(attrs, mean_all, {domain: features}); refuses a store scored with another SAE."""
+    try:
+        group = zarr.open_group(url, mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
+        raise FileNotFoundError(f"no feature store at {url}") from err
+    attrs = group.attrs.asdict()
+    if "sae_fingerprint" not in attrs:
+        raise ValueError(f"{url} is not a complete feature store")
+    if sae_fp is not None and attrs["sae_fingerprint"] != sae_fp:
+        raise ValueError(f"the feature store {url} was scored with another SAE (fingerprint "
+                         f"{attrs['sae_fingerprint'][:12]}, this SAE is {sae_fp[:12]}); score again")
+    domains = {}
+    for name in DOMAINS:
+        sub = group[name]
+        domains[name] = DomainFeatures(
+            concepts=[str(c) for c in sub["concept"][:]],
+            timesteps=[int(t) for t in sub["timestep"][:]], mean=sub["mean"][:],
+            count=sub["count"][:], score=sub["score"][:], selected=sub["selected"][:],
+            multiplier=sub["multiplier"][:])
+    return attrs, group["mean_all"][:], domains

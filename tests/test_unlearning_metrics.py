@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from saeuron.minicanvas.data import ALL_STYLES
+from saeuron.minicanvas.evaluate import GridResult
+from saeuron.minicanvas.render import OBJECTS
+from saeuron.unlearning import unlearning_metrics
+
+
+def judged(style_pred, object_pred) -> GridResult:
+    shape = style_pred.shape
+    return GridResult(images=np.zeros(shape + (1, 1, 3), np.uint8),
+                      style_ok=np.zeros(shape, bool), object_ok=np.zeros(shape, bool),
+                      style_pred=style_pred, object_pred=object_pred)
+
+
+def perfect(seeds=2):
+    shape = (seeds, len(ALL_STYLES), len(OBJECTS))
+    return (np.broadcast_to(np.arange(shape[1])[None, :, None], shape).copy(),
+            np.broadcast_to(np.arange(shape[2])[None, None, :], shape).copy())
+
+
+def test_a_model_that_forgot_nothing_has_ua_zero_and_full_retention():
+    m = unlearning_metrics(judged(*perfect()), "style", ["sunset"])
+    assert m == {"UA": 0.0, "IRA": 1.0, "CRA": 1.0}
+
+
+def test_erasing_a_style_to_another_counts_as_unlearned_and_retained():
+    styles, objects = perfect()
+    s = ALL_STYLES.index("ocean")
+    styles[:, s, :] = ALL_STYLES.index("none")      # every ocean picture lost its style
+    styles[0, ALL_STYLES.index("pop"), :5] = s       # and five pop pictures turned ocean
+    objects[:, s, :2] = 0                            # two objects broke in the ocean row
+    m = unlearning_metrics(judged(styles, objects), "style", ["ocean"])
+    n_seeds, n_other = 2, len(ALL_STYLES) - 1
+    assert m["UA"] == 1.0
+    assert m["IRA"] == pytest.approx(1 - 5 / (n_seeds * n_other * len(OBJECTS)))
+    broken = n_seeds  # column 1 in each seed; column 0 predicted as object 0 is still right
+    assert m["CRA"] == pytest.approx(1 - broken / styles.size)
+
+
+def test_several_objects_at_once():
+    styles, objects = perfect(1)
+    objects[:, :, [1, 2]] = 0
+    m = unlearning_metrics(judged(styles, objects), "object", ["square", "triangle"])
+    assert m["UA"] == 1.0 and m["IRA"] == 1.0 and m["CRA"] == 1.0
+
+
+def test_unknown_target_lists_the_known():
+    with pytest.raises(ValueError, match="unknown style target.*sunset"):
+        unlearning_metrics(judged(*perfect()), "style", ["baroque"])
