@@ -17,7 +17,9 @@ import dask
 import dask.array as da
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
+from saeuron.config import Config
 from saeuron.sae import SparseAutoencoder
 from storage.activations import ActivationStore
 
@@ -123,3 +125,19 @@ def select_features(scores: np.ndarray, *, percentile: float | None = None,
     if not 0 <= percentile < 100:
         raise ValueError(f"percentile must be in [0, 100), got {percentile}")
     return scores > np.percentile(scores, percentile, axis=-1, keepdims=True)
+
+
+class ScoreConfig(Config):
+    hook: str = Field("up_blocks.1.attentions.1", description="Block whose SAE is scored.")
+    percentile: float | None = Field(None, ge=0, lt=100, description="Select features above "
+                                     "this percentile of each timestep's scores.")
+    top_n: int | None = Field(1, ge=1, description="Or select the n best features per timestep.")
+    multiplier: float = Field(-1.0, description="Default gamma of the intervention (negative).")
+    dask_address: str | None = Field(None, description="dask.distributed scheduler address; "
+                                     "None runs on local threads.")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "ScoreConfig":
+        if (self.percentile is None) == (self.top_n is None):
+            raise ValueError("set exactly one of percentile and top_n")
+        return self

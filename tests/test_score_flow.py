@@ -1,0 +1,36 @@
+"""The score flow writes a feature store that is tied to its SAE."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from saeuron.sae import SAEConfig, SparseAutoencoder
+from saeuron.scoring import ScoreConfig
+from storage.features import read_features, sae_fingerprint
+from stores import HOOK, synthetic_store
+
+
+def test_score_flow_writes_the_feature_store(tmp_path, prefect_api):
+    from flows.score import score
+
+    store_url = str(tmp_path / "acts.zarr")
+    synthetic_store(store_url, n=24)
+    torch.manual_seed(0)
+    SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=4, k=4)).save(tmp_path / "sae" / HOOK)
+    out = str(tmp_path / "features.zarr")
+    summary = score(ScoreConfig(hook=HOOK, top_n=2), store_url, str(tmp_path / "sae"), out)
+    assert summary["style_concepts"] == 3 and summary["object_concepts"] == 2
+    fp = sae_fingerprint(tmp_path / "sae" / HOOK)
+    attrs, mean_all, domains = read_features(out, fp)
+    assert attrs["hook"] == HOOK and mean_all.shape == (3, 32)
+    style = domains["style"]
+    assert style.concepts == ["none", "ocean", "pop"]
+    assert style.selected.shape == (3, 3, 32) and (style.selected.sum(-1) >= 2).all()
+    assert style.count.sum() == 24 and np.all(style.multiplier == -1)
+    ds = xr.open_zarr(out, group="style", consolidated=False)
+    assert ds["score"].dims == ("concept", "timestep", "feature")
+    with pytest.raises(ValueError, match="scored with another SAE"):
+        read_features(out, "0" * 64)
+    with pytest.raises(ValueError, match="unknown concept 'baroque'"):
+        style.index("baroque")
