@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from saeuron.intervention import Edit, Unlearn
+from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.data import ALL_STYLES
-from saeuron.minicanvas.evaluate import GridResult
+from saeuron.minicanvas.evaluate import GridResult, sample_grid
 from saeuron.minicanvas.render import OBJECTS
+from saeuron.pipeline import Pipeline
+from saeuron.sae import SparseAutoencoder
+from storage.features import DomainFeatures
 
 DOMAIN_LABELS = {"style": ALL_STYLES, "object": OBJECTS}
 
@@ -42,3 +47,20 @@ def unlearning_metrics(result: GridResult, domain: str, concepts: list[str]) -> 
     return {"UA": float((~correct[target]).mean()),
             "IRA": float(correct[~target].mean()),
             "CRA": float((pred[other] == truth[other]).mean())}
+
+
+def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domain: str,
+                 concepts: list[str], multiplier: float | None = None) -> Edit:
+    """The edit that removes `concepts` of `domain`, from a feature store's contents."""
+    d = domains[domain]
+    rows = [d.index(c) for c in concepts]
+    gammas = [float(d.multiplier[r]) if multiplier is None else multiplier for r in rows]
+    return Edit.for_concepts(d.timesteps, d.selected[rows], d.mean[rows], gammas, mean_all)
+
+
+def unlearned_grid(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, block: str,
+                   edit: Edit | None, seeds: tuple[int, ...], *, num_steps: int,
+                   guidance: float, error_sign: int = 1) -> GridResult:
+    """Sample and judge the whole objects x styles grid with the edit applied."""
+    with Unlearn(pipe.unet, block, sae, edit, error_sign=error_sign):
+        return sample_grid(pipe, judge, seeds, num_steps=num_steps, guidance=guidance)

@@ -49,3 +49,34 @@ def test_several_objects_at_once():
 def test_unknown_target_lists_the_known():
     with pytest.raises(ValueError, match="unknown style target.*sunset"):
         unlearning_metrics(judged(*perfect()), "style", ["baroque"])
+
+
+def test_concept_edit_from_a_feature_store_and_a_grid_run(fresh_pipeline_dir, judge):
+    import torch
+
+    from saeuron.pipeline import load_pipeline
+    from saeuron.sae import SAEConfig, SparseAutoencoder
+    from saeuron.sampling import schedule_timesteps
+    from saeuron.unlearning import concept_edit, unlearned_grid
+    from storage.features import DomainFeatures
+
+    pipe = load_pipeline(fresh_pipeline_dir)
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=4))
+    ts = schedule_timesteps(pipe, 2)
+    selected = np.zeros((2, len(ts), 128), bool)
+    selected[0, :, 3] = True
+    selected[1, :, 7] = True
+    domains = {"style": DomainFeatures(
+        concepts=["none", "sunset"], timesteps=ts, mean=np.ones((2, len(ts), 128), np.float32),
+        count=np.array([5, 5]), score=np.zeros((2, len(ts), 128), np.float32),
+        selected=selected, multiplier=np.array([-1.0, -4.0], np.float32))}
+    edit = concept_edit(np.zeros((len(ts), 128), np.float32), domains, "style", ["sunset"])
+    assert edit.selected[:, 7].all() and not edit.selected[:, 3].any()
+    assert np.all(edit.factor[:, 7] == -4.0)
+    base = unlearned_grid(pipe, judge, sae, "up_blocks.1.attentions.1", None, (1,),
+                          num_steps=2, guidance=2.0)
+    edited = unlearned_grid(pipe, judge, sae, "up_blocks.1.attentions.1", edit, (1,),
+                            num_steps=2, guidance=2.0)
+    assert base.images.shape == (1, len(ALL_STYLES), len(OBJECTS), 32, 32, 3)
+    assert not np.array_equal(base.images, edited.images)
