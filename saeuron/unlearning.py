@@ -13,13 +13,18 @@ every (object, style) cell and judged by a classifier:
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Literal
 
+import numpy as np
+from pydantic import Field
+
+from saeuron.config import Config
 from saeuron.intervention import Edit, Unlearn
 from saeuron.minicanvas.classifier import Judge
+from saeuron.harvest import SPLIT_SEED_BASE
 from saeuron.minicanvas.data import ALL_STYLES
 from saeuron.minicanvas.evaluate import GridResult, sample_grid
-from saeuron.minicanvas.render import OBJECTS
+from saeuron.minicanvas.render import NO_STYLE, OBJECTS
 from saeuron.pipeline import Pipeline
 from saeuron.sae import SparseAutoencoder
 from storage.features import DomainFeatures
@@ -64,3 +69,33 @@ def unlearned_grid(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, block: 
     """Sample and judge the whole objects x styles grid with the edit applied."""
     with Unlearn(pipe.unet, block, sae, edit, error_sign=error_sign):
         return sample_grid(pipe, judge, seeds, num_steps=num_steps, guidance=guidance)
+
+
+class EvaluateConfig(Config):
+    model: str = Field("minicanvas", description="Pipeline folder, or 'minicanvas'.")
+    hook: str = Field("up_blocks.1.attentions.1", description="Block edited by the SAE.")
+    styles: list[str] | None = Field(None, description="Style targets, one at a time "
+                                     "(default: every named style).")
+    objects: list[str] | None = Field(None, description="Object targets, one at a time "
+                                      "(default: every object).")
+    style_sets: list[list[str]] = Field([], description="Sets of styles removed together.")
+    n_seeds: int = Field(1, ge=1, le=100, description="Evaluation seeds per grid cell.")
+    num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
+    guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
+    error_sign: Literal[1, -1] = Field(1, description="1: x + decode(z') - decode(z) (correct); "
+                                       "-1: the public reference code's sign.")
+
+    def targets(self, domains: dict[str, DomainFeatures]) -> list[tuple[str, list[str], str]]:
+        """(domain, concepts, name) per target, checked against the feature store's concepts."""
+        styles = [s for s in domains["style"].concepts if s != NO_STYLE]
+        chosen = [("style", [s], s) for s in (styles if self.styles is None else self.styles)]
+        chosen += [("object", [o], o) for o in
+                   (domains["object"].concepts if self.objects is None else self.objects)]
+        chosen += [("style", list(group), "+".join(group)) for group in self.style_sets]
+        for domain, concepts, _ in chosen:
+            for concept in concepts:
+                domains[domain].index(concept)
+        return chosen
+
+    def seeds(self) -> list[int]:
+        return [SPLIT_SEED_BASE["eval"] + i for i in range(self.n_seeds)]
