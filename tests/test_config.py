@@ -8,7 +8,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 def test_shipped_configs_load():
     cfg = DiffusionTrainConfig.from_yaml(ROOT / "configs" / "minicanvas-model.yaml")
-    assert cfg.steps == 10000
+    assert cfg.steps == 5000
 
 
 def test_bad_values_are_named(tmp_path):
