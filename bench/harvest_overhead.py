@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 
-from saeuron.harvest import HarvestConfig, open_store, prepare, run_units
+from saeuron.harvest import HarvestConfig, open_store, prepare, run_units, torch_threads
 from saeuron.sampling import sample
 
 
@@ -23,17 +23,19 @@ def main() -> None:
     parser.add_argument("--model", default="minicanvas")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on both sides")
     args = parser.parse_args()
-    cfg = HarvestConfig(model=args.model, n_seeds=args.seeds, templates=1)
+    cfg = HarvestConfig(model=args.model, n_seeds=args.seeds, templates=1, threads=args.threads)
     h = prepare(cfg)
     spc = cfg.samples_per_chunk
     prompts, seeds = list(h.table.prompt), list(h.table.seed)
 
     def plain() -> float:
         start = time.perf_counter()
-        for i in range(0, len(prompts), spc):
-            sample(h.pipe, prompts[i:i + spc], seeds[i:i + spc], num_steps=cfg.num_steps,
-                   guidance=cfg.guidance, batch_size=spc)
+        with torch_threads(cfg.threads):
+            for i in range(0, len(prompts), spc):
+                sample(h.pipe, prompts[i:i + spc], seeds[i:i + spc], num_steps=cfg.num_steps,
+                       guidance=cfg.guidance, batch_size=spc)
         return time.perf_counter() - start
 
     def harvested() -> tuple[float, int, int]:

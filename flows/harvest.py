@@ -43,7 +43,7 @@ def write_shards(config: HarvestConfig, store_url: str, shards: list[list[int]])
 
 @flow(name="harvest")
 def harvest(config: HarvestConfig = HarvestConfig(),
-            store_url: str = "runs/default/activations/harvest.zarr", shards: int = 1,
+            store_url: str = "runs/default/activations/harvest.zarr", shards: int = 2,
             dask_address: str | None = None, force: bool = False) -> dict:
     """Harvest activations into `store_url`; resumes a store of the same configuration."""
     logger = get_run_logger()
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="YAML file of HarvestConfig options")
     parser.add_argument("--store", default="runs/default/activations/harvest.zarr",
                         help="activation store path or fsspec URL")
-    parser.add_argument("--shards", type=int, default=1, help="parallel shards")
+    parser.add_argument("--shards", type=int, default=2,
+                        help="parallel shards (each runs config.threads torch threads)")
     parser.add_argument("--dask-address", help="Dask scheduler to run the shards on")
     parser.add_argument("--force", action="store_true", help="overwrite a store of another configuration")
     args = parser.parse_args(argv)

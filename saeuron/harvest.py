@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import pandas as pd
 import torch
@@ -57,6 +58,10 @@ class HarvestConfig(Config):
     codec: Literal["blosc-zstd", "blosc-zstd-bitshuffle", "blosc-lz4", "zstd", "none"] = Field(
         "blosc-zstd", description="Compressor of the activation chunks.")
     device: str = Field("cpu", description="torch device for sampling.")
+    threads: int = Field(1, ge=1, le=256, description="torch CPU threads per shard. Float "
+                         "sums depend on it, so it is part of the configuration: a store is "
+                         "bit-identical across resumes and workers at one thread count. Run "
+                         "more shards to use more cores.")
 
     def model_path(self) -> str:
         return str(MODEL_DIR) if self.model == "minicanvas" else self.model
@@ -123,10 +128,21 @@ def open_store(h: Harvest, url: str, force: bool = False) -> ActivationStore:
                                   codec=h.cfg.codec)
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with n intra-op threads, then restore the previous setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def harvest_unit(h: Harvest, store: ActivationStore, unit: int) -> int:
     """Sample one write unit with capture on, write it, mark it done; returns its sample count."""
     rows = h.table.iloc[store.unit_samples(unit)]
-    with Capture(h.pipe.unet, list(h.spec.hooks), timesteps=h.spec.timesteps,
+    with torch_threads(h.cfg.threads), Capture(h.pipe.unet, list(h.spec.hooks), timesteps=h.spec.timesteps,
                  mode=h.cfg.capture) as cap:
         sample(h.pipe, list(rows.prompt), list(rows.seed), num_steps=h.cfg.num_steps,
                guidance=h.cfg.guidance, batch_size=len(rows))
