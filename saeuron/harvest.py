@@ -56,7 +56,8 @@ class HarvestConfig(Config):
                                    "write unit = per sampling batch.")
     dtype: Literal["float16", "float32"] = Field("float16", description="Stored dtype.")
     codec: Literal["blosc-zstd", "blosc-zstd-bitshuffle", "blosc-lz4", "zstd", "none"] = Field(
-        "blosc-zstd", description="Compressor of the activation chunks.")
+        "blosc-zstd-bitshuffle", description="Compressor of the activation chunks "
+        "(see BENCHMARKS.md).")
     device: str = Field("cpu", description="torch device for sampling.")
     threads: int = Field(1, ge=1, le=256, description="torch CPU threads per shard. Float "
                          "sums depend on it, so it is part of the configuration: a store is "
