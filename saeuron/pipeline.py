@@ -11,17 +11,22 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, ModelMixin, UNet2DConditionModel
 
 from saeuron.minicanvas.codec import SpaceToDepthCodec
 
 REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
 OPTIONAL = ("vae",)
+
+
+_LOAD_LOCK = threading.Lock()
+"""Model loading is not thread-safe in the libraries (global init patches): one at a time."""
 
 
 class PipelineLoadError(ValueError):
@@ -147,8 +152,13 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu",
         kwargs: dict[str, Any] = {}
         if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
             kwargs = {"torch_dtype": dtype}
+        if isinstance(cls, type) and issubclass(cls, ModelMixin):
+            # diffusers' low-memory path patches torch.nn.Module globally (accelerate's
+            # init_empty_weights), which breaks models built at the same time in other threads.
+            kwargs["low_cpu_mem_usage"] = False
         try:
-            parts[name] = cls.from_pretrained(root, subfolder=name, **kwargs)
+            with _LOAD_LOCK:
+                parts[name] = cls.from_pretrained(root, subfolder=name, **kwargs)
         except Exception as err:  # corrupt or truncated files surface as many exception types
             raise PipelineLoadError(f"cannot load {name!r} ({entry[1]}) from {root / name}: "
                                     f"{type(err).__name__}: {err}") from err
