@@ -55,6 +55,12 @@ def feature_map(output: object) -> torch.Tensor:
     raise TypeError(f"cannot find a feature map in a block output of type {type(output).__name__}")
 
 
+def unet_timestep(args: tuple, kwargs: dict) -> int:
+    """The timestep value of a UNet call, from its forward arguments."""
+    t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+    return int(t.flatten()[0]) if isinstance(t, torch.Tensor) else int(t)
+
+
 def to_vectors(fmap: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H*W, C)."""
     b, c, h, w = fmap.shape
@@ -92,8 +98,7 @@ class Capture:
         self._handles.clear()
 
     def _on_unet(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        t = int(t.flatten()[0]) if isinstance(t, torch.Tensor) else int(t)
+        t = unet_timestep(args, kwargs)
         self._now = t if self.wanted is None or t in self.wanted else None
         if self._now is not None:
             self.timesteps.append(t)

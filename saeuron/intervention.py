@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from saeuron.capture import feature_map, resolve_blocks
+from saeuron.capture import feature_map, resolve_blocks, unet_timestep
 from saeuron.sae import SparseAutoencoder
 
 
@@ -84,8 +84,7 @@ class Unlearn:
         self._handles = []
 
     def _on_unet(self, _m: nn.Module, args: tuple, kwargs: dict) -> None:
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        self._t = int(t.flatten()[0]) if isinstance(t, torch.Tensor) else int(t)
+        self._t = unet_timestep(args, kwargs)
 
     @torch.no_grad()
     def _on_block(self, _m: nn.Module, _args: tuple, output: object) -> object:
