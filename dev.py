@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up the project's virtual environment and run its jobs. Needs only Python 3.11+.
 
-    python3 dev.py run     # set up, then sample and judge the MiniCanvas grid
+    python3 dev.py run     # set up, then run the whole pipeline on MiniCanvas (flows/pipeline.py)
     python3 dev.py test    # set up, then run the test suite
     python3 dev.py setup   # set up only
 
@@ -46,7 +46,7 @@ def setup() -> None:
 
 JOBS = {
     "setup": [],
-    "run": ["-m", "saeuron.minicanvas", "grid", "--seeds", "4", "--out", "runs/minicanvas-grid.png"],
+    "run": ["-m", "flows.pipeline", "--config", "configs/pipeline.yaml"],
     "test": ["-m", "pytest", "-q"],
 }
 
@@ -58,6 +58,10 @@ def main() -> None:
     setup()
     if JOBS[job]:
         os.chdir(ROOT)
+        # An embedded (ephemeral) Prefect unless PREFECT_API_URL names a server; on a busy
+        # 2-core machine it can take longer than Prefect's default 20 s to start.
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         os.execv(PY, [str(PY), *JOBS[job], *extra])
 
 

@@ -14,7 +14,8 @@ import statistics
 import tempfile
 import time
 
-from saeuron.harvest import HarvestConfig, open_store, prepare, run_units, torch_threads
+from saeuron.harvest import HarvestConfig, open_store, prepare, run_units
+from saeuron.threads import torch_threads
 from saeuron.sampling import sample
 
 

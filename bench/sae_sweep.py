@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 
@@ -20,25 +21,28 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--expansion", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, nargs="+", default=[4e-4])
+    parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--dead-after", type=int, default=1_000_000)
     args = parser.parse_args()
     store = ActivationStore.open(args.store)
     print(f"store {args.store}: {store.n_samples} samples, width {next(iter(store.spec.hooks.values()))[1]}")
-    print("| expansion | latents | k | epochs | held-out FVU | L0 | dead | seconds |")
-    print("|---|---|---|---|---|---|---|---|")
-    for expansion in args.expansion:
-        for k in args.k:
-            cfg = SAETrainConfig(expansion_factor=expansion, k=k, epochs=args.epochs,
-                                 dead_after=args.dead_after, metrics_every=10_000,
-                                 checkpoint_every=10_000_000)
-            with tempfile.TemporaryDirectory() as tmp:
-                start = time.perf_counter()
-                trainer = SAETrainer(store, cfg, tmp, log=lambda _: None)
-                trainer.run()
-                wall = time.perf_counter() - start
-                m = trainer.evaluate()
-            print(f"| {expansion} | {trainer.sae_cfg.n_latents} | {k} | {args.epochs} | "
-                  f"{m.fvu:.4f} | {m.l0:.1f} | {m.dead_fraction:.3f} | {wall:.0f} |", flush=True)
+    print("| expansion | latents | k | lr | batch | epochs | held-out FVU | L0 | dead | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for expansion, k, lr in itertools.product(args.expansion, args.k, args.lr):
+        cfg = SAETrainConfig(expansion_factor=expansion, k=k, epochs=args.epochs, lr=lr,
+                             batch_size=args.batch_size,
+                             dead_after=args.dead_after, metrics_every=10_000,
+                             checkpoint_every=10_000_000)
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            trainer = SAETrainer(store, cfg, tmp, log=lambda _: None)
+            trainer.run()
+            wall = time.perf_counter() - start
+            m = trainer.evaluate()
+        print(f"| {expansion} | {trainer.sae_cfg.n_latents} | {k} | {lr:g} | {args.batch_size} | "
+              f"{args.epochs} | "
+              f"{m.fvu:.4f} | {m.l0:.1f} | {m.dead_fraction:.3f} | {wall:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

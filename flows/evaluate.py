@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+import time
 from pathlib import Path
 
-from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from PIL import Image
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact,
+                               create_table_artifact, update_progress_artifact)
 
+from flows.stage import cached, layout_of
 from saeuron.harvest import HarvestConfig
+from saeuron.run import RunConfig
+from saeuron.threads import torch_threads
 from saeuron.unlearning import EvaluateConfig
 from storage.features import read_features
+from storage.run import fingerprint
 from tasks.evaluate import unlearn_target
 
 METRICS = ("UA", "IRA", "CRA")
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Average and worst target of each metric, per domain (single-concept targets)."""
+    """Average and worst target of each metric, per domain; sets of concepts on their own line."""
     out = []
-    for domain in ("style", "object"):
-        mine = [r for r in rows if r["domain"] == domain and "+" not in r["target"]]
+    for domain, multi in (("style", False), ("object", False), ("style", True), ("object", True)):
+        mine = [r for r in rows if r["domain"] == domain and ("+" in r["target"]) == multi]
         if not mine:
             continue
-        line = {"domain": domain, "targets": len(mine)}
+        line = {"domain": domain + (" sets" if multi else ""), "targets": len(mine)}
         for m in METRICS:
             line[m] = round(sum(r[m] for r in mine) / len(mine), 4)
             worst = min(mine, key=lambda r: r[m])
@@ -31,37 +43,99 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def report(rows: list[dict], summary: list[dict], out_dir: Path) -> str:
-    lines = ["# Unlearning report", "", "| domain | targets | UA | IRA | CRA |", "|---|---|---|---|---|"]
-    lines += [f"| {s['domain']} | {s['targets']} | {s['UA']:.3f} | {s['IRA']:.3f} | {s['CRA']:.3f} |"
-              for s in summary]
-    lines += ["", "| target | UA | IRA | CRA | style acc | object acc | grid |", "|---|---|---|---|---|---|---|"]
+def report(rows: list[dict], summary: list[dict], out_dir: Path, inline: bool) -> str:
+    """The markdown report; `inline` embeds the grids as data URIs (the Prefect UI cannot reach
+    files), otherwise links them by path relative to `out_dir` (report.md on disk)."""
+    lines = ["# Unlearning report", "",
+             "Rows of each grid are styles (last row unstyled), columns objects.", "",
+             "| targets | n | UA | IRA | CRA | worst UA | worst IRA | worst CRA |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {s['domain']} | {s['targets']} | {s['UA']:.3f} | {s['IRA']:.3f} | {s['CRA']:.3f} "
+              f"| {s['worst_UA']} | {s['worst_IRA']} | {s['worst_CRA']} |" for s in summary]
+    lines += ["", "| target | UA | IRA | CRA | style acc | object acc |", "|---|---|---|---|---|---|"]
     for r in rows:
         cells = " | ".join(f"{r[m]:.3f}" if m in r else "-" for m in METRICS)
-        image = Path(r["image"]).relative_to(out_dir)
-        lines.append(f"| {r['target']} | {cells} | {r['style_acc']:.3f} | {r['object_acc']:.3f} "
-                     f"| ![{r['target']}]({image}) |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {r['target']} | {cells} | {r['style_acc']:.3f} | {r['object_acc']:.3f} |")
+    lines.append("")
+    for r in rows:
+        path = Path(r["image"])
+        image = (f'<img alt="{r["target"]}" width="{Image.open(path).width}" src="{inline_image(path)}">'
+                 if inline else f"![{r['target']}]({path.relative_to(out_dir)})")
+        lines += [f"### {r['target']}", "", image, ""]
+    return "\n".join(lines)
+
+
+def inline_image(path: Path, shrink: int = 3) -> str:
+    """A JPEG data URI of the grid at its pixels' own size (the PNG file is upscaled `shrink`
+    times; the browser scales it back up): generated pictures are noisy, and as PNGs 23 grids
+    would weigh 10 MB, too much for the UI; as JPEGs they stay near 1 MB."""
+    with Image.open(path) as image:
+        small = image.convert("RGB").resize((image.width // shrink, image.height // shrink),
+                                            Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 @flow(name="evaluate")
-def evaluate(config: EvaluateConfig = EvaluateConfig(), sae_dir: str = "runs/default/sae",
-             features_url: str = "runs/default/features/up_blocks.1.attentions.1.zarr",
-             out_dir: str = "runs/default/eval") -> list[dict]:
+def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConfig(),
+             force: bool = False) -> dict:
     """Unlearn every target of `config` and measure it against the unedited baseline."""
+    start = time.time()
+    logger = get_run_logger()
+    layout = layout_of(run)
+    scored = layout.upstream("score", "evaluate")
+    features_url = scored["outputs"]["features"]
     _, _, domains = read_features(features_url)
     targets = config.targets(domains)
-    model = HarvestConfig(model=config.model).model_path()
-    common = dict(model=model, sae_dir=sae_dir, features_url=features_url, hook=config.hook,
+    fp = fingerprint("evaluate", config.model_dump(mode="json"), scored["fingerprint"])
+    if hit := cached(layout, "evaluate", fp, force):
+        return hit
+    out_dir = layout.eval_dir
+    layout.begin("evaluate", fp, [str(out_dir)], force)
+    common = dict(model=HarvestConfig(model=config.model).model_path(),
+                  sae_dir=str(layout.sae_dir), features_url=features_url, hook=config.hook,
                   seeds=config.seeds(), num_steps=config.num_steps, guidance=config.guidance,
-                  out_dir=out_dir, error_sign=config.error_sign)
-    rows = [unlearn_target(domain=None, concepts=[], name="baseline", **common)]
-    rows += [unlearn_target(domain=d, concepts=c, name=n, **common) for d, c, n in targets]
+                  out_dir=str(out_dir), error_sign=config.error_sign)
+    progress = create_progress_artifact(0.0, key="evaluate-progress",
+                                        description="Unlearning targets evaluated")
+    jobs = [(None, [], "baseline")] + targets
+    rows: dict[str, dict] = {}
+    futures = {}
+    with torch_threads(config.threads), ThreadPoolTaskRunner(max_workers=config.workers) as runner:
+        for domain, concepts, name in jobs:
+            done = out_dir / name / "metrics.json"
+            if done.is_file() and json.loads(done.read_text())["fingerprint"] == fp:
+                rows[name] = json.loads(done.read_text())["row"]  # done before an interruption
+                logger.info(f"{name}: done before, {rows[name]}")
+            else:
+                futures[runner.submit(unlearn_target, parameters=dict(
+                    domain=domain, concepts=concepts, name=name, **common))] = name
+        update_progress_artifact(progress, 100.0 * len(rows) / len(jobs))
+        for future in as_completed(list(futures)):
+            name = futures[future]
+            rows[name] = future.result()
+            (out_dir / name / "metrics.json").write_text(json.dumps({"fingerprint": fp,
+                                                                     "row": rows[name]}))
+            update_progress_artifact(progress, 100.0 * len(rows) / len(jobs))
+    rows = [rows[name] for _, _, name in jobs]
     summary = summarise(rows)
     create_table_artifact(rows, key="unlearning-targets", description="UA / IRA / CRA per target")
     if summary:
         create_table_artifact(summary, key="unlearning-summary", description="Averages per domain")
-    text = report(rows, summary, Path(out_dir))
-    (Path(out_dir) / "report.md").write_text(text)
-    create_markdown_artifact(text, key="unlearning-report", description="Unlearning report")
-    return rows
+    (out_dir / "report.md").write_text(report(rows, summary, out_dir, inline=False))
+    create_markdown_artifact(report(rows, summary, out_dir, inline=True), key="unlearning-report",
+                             description="Unlearning report with before/after image grids")
+    metrics = {"summary": summary, "report": str(out_dir / "report.md")}
+    return layout.finish("evaluate", fp, {"eval": str(out_dir)}, metrics, time.time() - start,
+                         upstream={"score": scored["fingerprint"]})
+
+
+def main(argv: list[str] | None = None) -> None:
+    from flows.cli import run_stage_cli
+
+    run_stage_cli("evaluate", evaluate, EvaluateConfig, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,7 @@
-"""The harvest flow: a prompt grid through the model, the named blocks into a Zarr store."""
+"""The harvest flow: a prompt grid through the model, the named blocks into Zarr stores.
+
+It fills two stores of the run: the SAE training split and the held-out scoring split.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
+from flows.stage import cached, layout_of
 from saeuron.harvest import HarvestConfig, open_store, prepare
+from saeuron.run import RunConfig
+from storage.run import fingerprint
 from tasks.harvest import harvest_shard
 
 
@@ -29,8 +35,8 @@ def split_units(units: list[int], shards: int) -> list[list[int]]:
 @flow(name="harvest-shards")
 def write_shards(config: HarvestConfig, store_url: str, shards: list[list[int]]) -> list[dict]:
     """Run the shards on this flow's task runner (threads here, or a Dask cluster)."""
-    progress = create_progress_artifact(0.0, key="harvest-progress",
-                                        description="Write units of the activation store")
+    progress = create_progress_artifact(0.0, key=f"harvest-{config.split}-progress",
+                                        description=f"Write units of the {config.split} store")
     total = sum(len(s) for s in shards)
     futures = [harvest_shard.submit(config, store_url, units, i) for i, units in enumerate(shards)]
     results, done = [], 0
@@ -41,47 +47,60 @@ def write_shards(config: HarvestConfig, store_url: str, shards: list[list[int]])
     return results
 
 
-@flow(name="harvest")
-def harvest(config: HarvestConfig = HarvestConfig(),
-            store_url: str = "runs/default/activations/harvest.zarr", shards: int = 2,
-            dask_address: str | None = None, force: bool = False) -> dict:
-    """Harvest activations into `store_url`; resumes a store of the same configuration."""
+def fill_store(config: HarvestConfig, store_url: str, run: RunConfig, replace: bool) -> dict:
+    """Write the units of `store_url` that are missing; the store's summary. `replace`: a store
+    of another configuration there is the stage's own stale output, to be overwritten."""
     logger = get_run_logger()
     start = time.time()
     checked = prepare(config)
-    store = open_store(checked, store_url, force=force)
+    store = open_store(checked, store_url, force=replace)
     missing = store.missing_units()
     logger.info(f"{store_url}: {len(checked.table)} samples in {store.n_units} units, "
                 f"{len(missing)} to write")
     if missing:
-        runner = DaskTaskRunner(address=dask_address) if dask_address else ThreadPoolTaskRunner(
-            max_workers=shards)
-        write_shards.with_options(task_runner=runner)(config, store_url, split_units(missing, shards))
+        runner = (DaskTaskRunner(address=run.dask_address) if run.dask_address
+                  else ThreadPoolTaskRunner(max_workers=run.shards))
+        write_shards.with_options(task_runner=runner)(config, store_url,
+                                                      split_units(missing, run.shards))
     store = open_store(checked, store_url)
-    summary = {"store": store_url, "samples": store.n_samples, "units": store.n_units,
-               "units_written_now": len(missing), "timesteps": len(store.spec.timesteps),
-               "vectors": store.vectors_written(), "bytes_on_disk": store.nbytes_stored(),
-               "seconds": round(time.time() - start, 1)}
-    create_table_artifact([summary], key="harvest-summary", description="Harvest summary")
     if store.missing_units():
         raise RuntimeError(f"harvest ended with units still missing: {store.missing_units()}")
-    return summary
+    return {"split": config.split, "samples": store.n_samples, "units_written_now": len(missing),
+            "timesteps": len(store.spec.timesteps), "vectors": store.vectors_written(),
+            "bytes_on_disk": store.nbytes_stored(), "seconds": round(time.time() - start, 1)}
+
+
+@flow(name="harvest")
+def harvest(config: HarvestConfig = HarvestConfig(), run: RunConfig = RunConfig(),
+            score_seeds: int = 1, force: bool = False) -> dict:
+    """Harvest the training split (`config`) and the scoring split (`score_seeds` seeds)."""
+    start = time.time()
+    layout = layout_of(run)
+    splits = [config, config.model_copy(update={"split": "score", "n_seeds": score_seeds})]
+    for split in splits:
+        prepare(split)  # every option checked before any work or deletion
+    fp = fingerprint("harvest", [s.fingerprint() for s in splits])
+    if hit := cached(layout, "harvest", fp, force):
+        return hit
+    outputs = {s.split: layout.activations(s.split) for s in splits}
+    # A store records its own configuration: one still valid is kept (and resumed) even when
+    # the other split changed; forced, both are harvested again.
+    stale = layout.begin("harvest", fp, list(outputs.values()) if force else [], force)
+    rows = [fill_store(s, outputs[s.split], run, replace=stale) for s in splits]
+    create_table_artifact(rows, key="harvest-summary", description="Activation stores")
+    metrics = {f"{r['split']}_{k}": r[k] for r in rows for k in ("samples", "vectors")}
+    metrics["model"] = config.model_path()
+    return layout.finish("harvest", fp, outputs, metrics, time.time() - start, upstream={})
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
+    from flows.cli import run_stage_cli
 
-    parser = argparse.ArgumentParser(prog="python -m flows.harvest", description=harvest.__doc__)
-    parser.add_argument("--config", help="YAML file of HarvestConfig options")
-    parser.add_argument("--store", default="runs/default/activations/harvest.zarr",
-                        help="activation store path or fsspec URL")
-    parser.add_argument("--shards", type=int, default=2,
-                        help="parallel shards (each runs config.threads torch threads)")
-    parser.add_argument("--dask-address", help="Dask scheduler to run the shards on")
-    parser.add_argument("--force", action="store_true", help="overwrite a store of another configuration")
-    args = parser.parse_args(argv)
-    config = HarvestConfig.from_yaml(args.config) if args.config else HarvestConfig()
-    print(harvest(config, args.store, args.shards, args.dask_address, args.force))
+    run_stage_cli("harvest", harvest, HarvestConfig, argv,
+                  extra=lambda p: p.add_argument("--score-seeds", type=int,
+                                                 help="seeds per prompt of the scoring split "
+                                                 "(default 1, or the pipeline configuration's)"),
+                  kwargs=lambda a: {} if a.score_seeds is None else {"score_seeds": a.score_seeds})
 
 
 if __name__ == "__main__":

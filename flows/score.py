@@ -2,35 +2,44 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from flows.stage import cached, layout_of
+from saeuron.run import RunConfig
 from saeuron.scoring import ScoreConfig
+from storage.run import fingerprint
 from tasks.score import score_features
 
 
 @flow(name="score")
-def score(config: ScoreConfig = ScoreConfig(),
-          store_url: str = "runs/default/activations/score.zarr",
-          sae_dir: str = "runs/default/sae",
-          out_url: str = "runs/default/features/up_blocks.1.attentions.1.zarr") -> dict:
-    """Score the SAE of `config.hook` on a held-out activation store into a feature store."""
-    summary = score_features(store_url, sae_dir, out_url, config)
+def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
+          force: bool = False) -> dict:
+    """Score the SAE of `config.hook` on the held-out split into the run's feature store."""
+    start = time.time()
+    layout = layout_of(run)
+    harvested = layout.upstream("harvest", "score")
+    trained = layout.upstream("train", "score")
+    fp = fingerprint("score", config.model_dump(mode="json"), harvested["fingerprint"],
+                     trained["fingerprint"])
+    if hit := cached(layout, "score", fp, force):
+        return hit
+    out = layout.features(config.hook)
+    layout.begin("score", fp, [out], force)
+    summary = score_features(harvested["outputs"]["score"], str(layout.sae_dir), out, config,
+                             run.dask_address, model=harvested["metrics"].get("model"))
     create_table_artifact([summary], key="score-summary", description="Selected features")
-    return summary
+    return layout.finish("score", fp, {"features": out}, summary, time.time() - start,
+                         upstream={"harvest": harvested["fingerprint"],
+                                   "train": trained["fingerprint"]})
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
+    from flows.cli import run_stage_cli
 
-    parser = argparse.ArgumentParser(prog="python -m flows.score", description=score.__doc__)
-    parser.add_argument("--config", help="YAML file of ScoreConfig options")
-    parser.add_argument("--store", default="runs/default/activations/score.zarr")
-    parser.add_argument("--sae-dir", default="runs/default/sae")
-    parser.add_argument("--out", default="runs/default/features/up_blocks.1.attentions.1.zarr")
-    args = parser.parse_args(argv)
-    config = ScoreConfig.from_yaml(args.config) if args.config else ScoreConfig()
-    print(score(config, args.store, args.sae_dir, args.out))
+    run_stage_cli("score", score, ScoreConfig, argv)
 
 
 if __name__ == "__main__":

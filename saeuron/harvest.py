@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Callable, Literal
 
 import pandas as pd
 import torch
@@ -26,6 +25,7 @@ from saeuron.grid import ConceptGrid, get_grid
 from saeuron.minicanvas import MODEL_DIR
 from saeuron.pipeline import Pipeline, load_pipeline
 from saeuron.sampling import sample, schedule_timesteps
+from saeuron.threads import torch_threads
 from storage.activations import ActivationStore, StoreSpec
 
 SPLIT_SEED_BASE = {"harvest": 0, "score": 100_000, "eval": 1_000_000}
@@ -43,7 +43,7 @@ class HarvestConfig(Config):
                                      "(default: all and 'none').")
     templates: int | None = Field(None, ge=1, description="Templates per cell (default: all).")
     split: Literal["harvest", "score", "eval"] = Field("harvest", description="Seed range used.")
-    n_seeds: int = Field(4, ge=1, le=100_000, description="Seeds per prompt.")
+    n_seeds: int = Field(2, ge=1, le=100_000, description="Seeds per prompt.")
     hooks: list[str] = Field(["up_blocks.1.attentions.1"], min_length=1,
                              description="UNet blocks to capture, by module path.")
     capture: Literal["output", "delta"] = Field("output", description="Block output, or output "
@@ -127,17 +127,6 @@ def open_store(h: Harvest, url: str, force: bool = False) -> ActivationStore:
     return ActivationStore.create(url, h.spec, h.table, fingerprint=h.cfg.fingerprint(),
                                   config=h.cfg.model_dump(mode="json"), force=force,
                                   codec=h.cfg.codec)
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with n intra-op threads, then restore the previous setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def harvest_unit(h: Harvest, store: ActivationStore, unit: int) -> int:

@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from saeuron.config import Config
 from saeuron.sae import SparseAutoencoder
+from saeuron.sweep import SweepConfig
 from storage.activations import ActivationStore
 
 EPS = 1e-9
@@ -46,6 +47,14 @@ class ConceptMeans:
     def mean_all(self) -> np.ndarray:
         """(timestep, feature) mean over every sample of the domain, all concepts together."""
         return self.sums.sum(0) / max(int(self.counts.sum()), 1)
+
+    def exclusive(self) -> np.ndarray:
+        """(concept, timestep, feature) bool: the concept is where the feature is most active."""
+        mu = self.means
+        if len(mu) < 2:
+            return np.ones_like(mu, bool)
+        top2 = np.sort(mu, axis=0)[-2:]
+        return (mu == top2[1][None]) & (mu > top2[0][None])
 
     def scores(self) -> np.ndarray:
         """(concept, timestep, feature) SAeUron scores."""
@@ -113,10 +122,15 @@ def _compute(graph: dict, scheduler: str | None) -> dict:
 
 
 def select_features(scores: np.ndarray, *, percentile: float | None = None,
-                    top_n: int | None = None) -> np.ndarray:
-    """(concept, timestep, feature) bool: per timestep, scores above the percentile, or top n."""
+                    top_n: int | None = None, eligible: np.ndarray | None = None) -> np.ndarray:
+    """(concept, timestep, feature) bool: per timestep, scores above the percentile, or top n;
+    with `eligible`, only among the eligible features (possibly none at a timestep)."""
     if (percentile is None) == (top_n is None):
         raise ValueError("choose exactly one of percentile or top_n")
+    if eligible is not None:
+        ranked = select_features(np.where(eligible, scores, -np.inf), percentile=percentile,
+                                 top_n=top_n)
+        return ranked & eligible
     if top_n is not None:
         if not 1 <= top_n <= scores.shape[-1]:
             raise ValueError(f"top_n must be in [1, {scores.shape[-1]}], got {top_n}")
@@ -131,10 +145,13 @@ class ScoreConfig(Config):
     hook: str = Field("up_blocks.1.attentions.1", description="Block whose SAE is scored.")
     percentile: float | None = Field(None, ge=0, lt=100, description="Select features above "
                                      "this percentile of each timestep's scores.")
-    top_n: int | None = Field(1, ge=1, description="Or select the n best features per timestep.")
-    multiplier: float = Field(-1.0, description="Default gamma of the intervention (negative).")
-    dask_address: str | None = Field(None, description="dask.distributed scheduler address; "
-                                     "None runs on local threads.")
+    top_n: int | None = Field(3, ge=1, description="Or select the n best features per timestep.")
+    multiplier: float = Field(-5.0, description="Default gamma of the intervention (negative).")
+    exclusive: bool = Field(True, description="Select a feature for a concept only where that "
+                            "concept has its highest mean activation (an addition to the paper: "
+                            "keeps features shared by all concepts out; see BENCHMARKS.md).")
+    sweep: SweepConfig | None = Field(None, description="Choose top_n and multiplier per "
+                                      "concept on validation prompts (samples the model).")
 
     @model_validator(mode="after")
     def _one_selection(self) -> "ScoreConfig":

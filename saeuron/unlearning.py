@@ -78,12 +78,18 @@ class EvaluateConfig(Config):
                                      "(default: every named style).")
     objects: list[str] | None = Field(None, description="Object targets, one at a time "
                                       "(default: every object).")
-    style_sets: list[list[str]] = Field([], description="Sets of styles removed together.")
+    style_sets: list[list[str]] = Field(
+        [["sunset", "ocean", "forest", "neon", "pastel"]],
+        description="Sets of styles removed together (default: half of MiniCanvas's styles).")
     n_seeds: int = Field(1, ge=1, le=100, description="Evaluation seeds per grid cell.")
     num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
     guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
     error_sign: Literal[1, -1] = Field(1, description="1: x + decode(z') - decode(z) (correct); "
                                        "-1: the public reference code's sign.")
+    workers: int = Field(2, ge=1, le=64, description="Targets sampled at once (threads, each "
+                         "with its own copy of the model).")
+    threads: int = Field(1, ge=1, le=256, description="torch threads of the stage, shared by "
+                         "its workers (results depend on it slightly; fixed for reproducibility).")
 
     def targets(self, domains: dict[str, DomainFeatures]) -> list[tuple[str, list[str], str]]:
         """(domain, concepts, name) per target, checked against the feature store's concepts."""

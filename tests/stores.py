@@ -35,3 +35,12 @@ def synthetic_store(url: str, n: int = 12, t: int = 3, p: int = 4, f: int = 8,
             data = (codes @ atoms).astype(np.float32)
         store.write_unit(unit, {HOOK: data})
     return store
+
+
+def as_harvested(root, url: str):
+    """A run layout under `root` whose harvest stage is done and made `url` (both splits)."""
+    from storage.run import RunLayout
+
+    layout = RunLayout(root=str(root))
+    layout.finish("harvest", "synthetic", {"harvest": url, "score": url}, {}, 0.0, upstream={})
+    return layout

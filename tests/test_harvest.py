@@ -1,5 +1,6 @@
 """Harvest: store contents, captured values, bad input, resume after SIGKILL, Dask shards."""
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import zarr
 from saeuron.capture import Capture
 from saeuron.harvest import HarvestConfig, open_store, prepare, run_units
 from saeuron.pipeline import load_pipeline
+from saeuron.run import RunConfig
 from saeuron.sampling import ddim_scheduler, initial_latents, sample, schedule_timesteps
 from storage.activations import ActivationStore, StoreMismatchError
 
@@ -137,19 +139,21 @@ def test_store_of_another_configuration_is_refused_unless_forced(fresh_pipeline_
     assert forced.missing_units() == list(range(4))
 
 
-def _flow_cmd(cfg_file: Path, url: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "flows.harvest", "--config", str(cfg_file), "--store", url, *extra]
+def _flow_cmd(cfg_file: Path, root: Path) -> list[str]:
+    return [sys.executable, "-m", "flows.harvest", "--config", str(cfg_file), "--root", str(root)]
 
 
 def test_killed_harvest_resumes_to_identical_bytes(fresh_pipeline_dir, tmp_path, prefect_api):
     cfg = small_config(fresh_pipeline_dir, n_seeds=8, num_steps=8)  # 32 samples, 16 units
     cfg_file = tmp_path / "harvest.yaml"
     cfg_file.write_text(cfg.to_yaml())
-    whole, killed = str(tmp_path / "whole.zarr"), str(tmp_path / "killed.zarr")
+    whole = str(tmp_path / "whole.zarr")
     harvest_all(cfg, whole)
+    root = tmp_path / "run"
+    killed = str(root / "activations" / "harvest.zarr")
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_flow_cmd(cfg_file, killed), cwd=ROOT, env=env,
+    proc = subprocess.Popen(_flow_cmd(cfg_file, root), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = 0
     deadline = time.time() + 300
@@ -163,9 +167,11 @@ def test_killed_harvest_resumes_to_identical_bytes(fresh_pipeline_dir, tmp_path,
     proc.wait()
     assert 3 <= done < 16, f"the harvest was killed part-way ({done} of 16 units done)"
 
-    subprocess.run(_flow_cmd(cfg_file, killed), cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(_flow_cmd(cfg_file, root), cwd=ROOT, env=env, check=True, capture_output=True)
     assert ActivationStore.open(killed).missing_units() == []
     assert np.array_equal(raw(killed), raw(whole))
+    manifest = json.loads((root / "manifests" / "harvest.json").read_text())
+    assert manifest["metrics"]["harvest_samples"] == 32 and manifest["metrics"]["score_samples"] == 4
 
 
 def test_two_dask_workers_write_the_same_store_as_a_serial_run(fresh_pipeline_dir, tmp_path,
@@ -177,12 +183,13 @@ def test_two_dask_workers_write_the_same_store_as_a_serial_run(fresh_pipeline_di
     cfg = small_config(fresh_pipeline_dir)
     serial = str(tmp_path / "serial.zarr")
     harvest_all(cfg, serial)
-    parallel = str(tmp_path / "dask.zarr")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
-        summary = harvest(cfg, parallel, shards=2, dask_address=cluster.scheduler_address)
+        run = RunConfig(root=str(tmp_path / "run"), dask_address=cluster.scheduler_address)
+        manifest = harvest(cfg, run, score_seeds=1)
         workers = len(cluster.workers)
     assert workers == 2
-    assert summary["units_written_now"] == 4 and summary["samples"] == 8
-    assert summary["bytes_on_disk"] > 0 and summary["vectors"] == 8 * 4 * 64
-    assert np.array_equal(raw(parallel), raw(serial))
+    assert manifest["metrics"] == {"harvest_samples": 8, "harvest_vectors": 8 * 4 * 64,
+                                   "model": str(fresh_pipeline_dir),
+                                   "score_samples": 4, "score_vectors": 4 * 4 * 64}
+    assert np.array_equal(raw(manifest["outputs"]["harvest"]), raw(serial))

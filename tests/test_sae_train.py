@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from saeuron.loader import VectorStream
 from saeuron.sae_train import CHECKPOINT, SAETrainConfig, SAETrainer
-from stores import HOOK, synthetic_store
+from stores import HOOK, as_harvested, synthetic_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,9 +90,8 @@ def test_bad_training_input(tmp_path):
         SAETrainer(wide, small_cfg(epochs=1), tmp_path / "d")
 
 
-def _train_cmd(store: str, cfg_file: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.train", "--store", store, "--config", str(cfg_file),
-            "--out", str(out)]
+def _train_cmd(cfg_file: Path, root: Path) -> list[str]:
+    return [sys.executable, "-m", "flows.train", "--config", str(cfg_file), "--root", str(root)]
 
 
 def test_killed_training_resumes_to_the_same_weights(tmp_path, prefect_api):
@@ -101,11 +100,13 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, prefect_api):
     cfg_file = tmp_path / "sae.yaml"
     cfg_file.write_text(small_cfg(epochs=6, checkpoint_every=3).to_yaml())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_train_cmd(store_url, cfg_file, tmp_path / "whole"), cwd=ROOT, env=env,
+    for root in ("whole", "killed"):
+        as_harvested(tmp_path / root, store_url)
+    subprocess.run(_train_cmd(cfg_file, tmp_path / "whole"), cwd=ROOT, env=env,
                    check=True, capture_output=True)
-    proc = subprocess.Popen(_train_cmd(store_url, cfg_file, tmp_path / "killed"), cwd=ROOT,
+    proc = subprocess.Popen(_train_cmd(cfg_file, tmp_path / "killed"), cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed" / HOOK / CHECKPOINT
+    checkpoint = tmp_path / "killed" / "sae" / HOOK / CHECKPOINT
     step = 0
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -116,10 +117,10 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, prefect_api):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    total = torch.load(tmp_path / "whole" / HOOK / CHECKPOINT, weights_only=False)["step"]
+    total = torch.load(tmp_path / "whole" / "sae" / HOOK / CHECKPOINT, weights_only=False)["step"]
     assert 9 <= step < total, f"killed part-way (step {step} of {total})"
-    subprocess.run(_train_cmd(store_url, cfg_file, tmp_path / "killed"), cwd=ROOT, env=env,
+    subprocess.run(_train_cmd(cfg_file, tmp_path / "killed"), cwd=ROOT, env=env,
                    check=True, capture_output=True)
-    a = load_file(tmp_path / "whole" / HOOK / "sae.safetensors")
-    b = load_file(tmp_path / "killed" / HOOK / "sae.safetensors")
+    a = load_file(tmp_path / "whole" / "sae" / HOOK / "sae.safetensors")
+    b = load_file(tmp_path / "killed" / "sae" / HOOK / "sae.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -5,10 +5,11 @@ import pytest
 import torch
 import xarray as xr
 
+from saeuron.run import RunConfig
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.scoring import ScoreConfig
 from storage.features import read_features, sae_fingerprint
-from stores import HOOK, synthetic_store
+from stores import HOOK, as_harvested, synthetic_store
 
 
 def test_score_flow_writes_the_feature_store(tmp_path, prefect_api):
@@ -16,18 +17,21 @@ def test_score_flow_writes_the_feature_store(tmp_path, prefect_api):
 
     store_url = str(tmp_path / "acts.zarr")
     synthetic_store(store_url, n=24)
+    layout = as_harvested(tmp_path, store_url)
     torch.manual_seed(0)
     SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=4, k=4)).save(tmp_path / "sae" / HOOK)
-    out = str(tmp_path / "features.zarr")
-    summary = score(ScoreConfig(hook=HOOK, top_n=2), store_url, str(tmp_path / "sae"), out)
-    assert summary["style_concepts"] == 3 and summary["object_concepts"] == 2
+    layout.finish("train", "sae-0", {"sae": str(tmp_path / "sae" / HOOK)}, {}, 0.0, upstream={})
+    manifest = score(ScoreConfig(hook=HOOK, top_n=2, exclusive=False), RunConfig(root=str(tmp_path)))
+    out = manifest["outputs"]["features"]
+    assert out == str(tmp_path / "features" / f"{HOOK}.zarr")
+    assert manifest["metrics"]["style_concepts"] == 3 and manifest["metrics"]["object_concepts"] == 2
     fp = sae_fingerprint(tmp_path / "sae" / HOOK)
     attrs, mean_all, domains = read_features(out, fp)
     assert attrs["hook"] == HOOK and mean_all.shape == (3, 32)
     style = domains["style"]
     assert style.concepts == ["none", "ocean", "pop"]
     assert style.selected.shape == (3, 3, 32) and (style.selected.sum(-1) >= 2).all()
-    assert style.count.sum() == 24 and np.all(style.multiplier == -1)
+    assert style.count.sum() == 24 and np.all(style.multiplier == ScoreConfig().multiplier)
     ds = xr.open_zarr(out, group="style", consolidated=False)
     assert ds["score"].dims == ("concept", "timestep", "feature")
     with pytest.raises(ValueError, match="scored with another SAE"):

@@ -1,0 +1,92 @@
+"""The pipeline flow: harvest -> train -> score -> evaluate as subflows, each cached.
+
+    python -m flows.pipeline [--config configs/pipeline.yaml] [--root runs/default] [--force score]
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from flows.evaluate import evaluate
+from flows.harvest import harvest
+from flows.score import score
+from flows.train import train
+from saeuron.run import PipelineConfig, check_pipeline
+
+
+@flow(name="pipeline")
+def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
+    """Run the four stages; a stage whose inputs did not change since it last finished is
+    cached, a changed one reruns with everything downstream of it."""
+    logger = get_run_logger()
+    start = time.time()
+    check_pipeline(config)
+    root = Path(config.run.root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(config.to_yaml())
+    force = set(config.force)
+    stages = {}
+    for name, call in (
+            ("harvest", lambda: harvest(config.harvest, config.run, config.score_seeds,
+                                        force="harvest" in force, return_state=True)),
+            ("train", lambda: train(config.train, config.run, force="train" in force,
+                                    return_state=True)),
+            ("score", lambda: score(config.score, config.run, force="score" in force,
+                                    return_state=True)),
+            ("evaluate", lambda: evaluate(config.evaluate, config.run, force="evaluate" in force,
+                                          return_state=True))):
+        state = call()
+        stages[name] = {"state": state.name, **state.result()}
+        logger.info(f"{name}: {state.name} ({stages[name]['seconds']} s of work when it ran)")
+    table = [{"stage": n, "state": s["state"], "fingerprint": s["fingerprint"],
+              "seconds_when_run": s["seconds"]} for n, s in stages.items()]
+    create_table_artifact(table, key="pipeline-stages", description="Stages of this run")
+    return {"stages": table, "summary": stages["evaluate"]["metrics"]["summary"],
+            "report": stages["evaluate"]["metrics"]["report"], "seconds": round(time.time() - start, 1)}
+
+
+def print_summary(result: dict) -> None:
+    """The one-screen summary of a pipeline run."""
+    print("\n| stage | state | seconds when run |\n|---|---|---|")
+    for s in result["stages"]:
+        print(f"| {s['stage']} | {s['state']} | {s['seconds_when_run']} |")
+    print("\n| targets | n | UA | IRA | CRA | worst UA | worst IRA | worst CRA |\n|---|---|---|---|---|---|---|---|")
+    for s in result["summary"]:
+        print(f"| {s['domain']} | {s['targets']} | {s['UA']:.3f} | {s['IRA']:.3f} | {s['CRA']:.3f} "
+              f"| {s['worst_UA']} | {s['worst_IRA']} | {s['worst_CRA']} |")
+    print(f"\nreport: {result['report']} (image grids beside it; also the 'unlearning-report' "
+          f"artifact in the Prefect UI)\npipeline wall time: {result['seconds']} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from flows.cli import USER_ERRORS, fail, quiet_libraries
+    from saeuron.run import STAGES
+
+    quiet_libraries()
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline.__doc__)
+    parser.add_argument("--config", help="YAML file of PipelineConfig options")
+    parser.add_argument("--root", help="local folder of the run (overrides run.root)")
+    parser.add_argument("--force", action="append", choices=STAGES, default=[],
+                        help="rerun this stage even if cached (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        config = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
+        if args.root:
+            config = config.model_copy(update={"run": config.run.model_copy(update={"root": args.root})})
+        if args.force:
+            config = config.model_copy(update={"force": sorted(set(config.force) | set(args.force))})
+        check_pipeline(config)
+        result = pipeline(config)
+    except USER_ERRORS as error:
+        fail(error)
+    print_summary(result)
+
+
+if __name__ == "__main__":
+    main()

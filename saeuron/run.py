@@ -1,0 +1,89 @@
+"""The whole pipeline's configuration: where a run lives, and each stage's options."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from saeuron.config import Config
+from saeuron.grid import NO_STYLE
+from saeuron.harvest import HarvestConfig, prepare
+from saeuron.sae import SAEConfig
+from saeuron.sae_train import SAETrainConfig
+from saeuron.scoring import ScoreConfig
+from saeuron.sweep import SweepConfig
+from saeuron.unlearning import EvaluateConfig
+
+STAGES = ("harvest", "train", "score", "evaluate")
+Stage = Literal["harvest", "train", "score", "evaluate"]
+UPSTREAM = {"harvest": (), "train": ("harvest",), "score": ("harvest", "train"),
+            "evaluate": ("score",)}
+"""The stages whose outputs each stage reads."""
+
+
+class RunConfig(Config):
+    root: str = Field("runs/default", description="Local folder of the run: SAEs, evaluation, "
+                      "manifests.")
+    stores: str | None = Field(None, description="Folder or fsspec URL (s3://...) of the Zarr "
+                               "activation and feature stores (default: the root).")
+    dask_address: str | None = Field(None, description="dask.distributed scheduler that runs "
+                                     "harvest shards and scoring; None: local threads.")
+    shards: int = Field(2, ge=1, le=4096, description="Harvest shards run in parallel.")
+
+
+class PipelineConfig(Config):
+    run: RunConfig = Field(default_factory=RunConfig, description="Where the run lives, where "
+                           "it computes.")
+    harvest: HarvestConfig = Field(default_factory=HarvestConfig, description="Harvest of the "
+                                   "SAE training split.")
+    score_seeds: int = Field(1, ge=1, le=100_000, description="Seeds per prompt of the held-out "
+                             "scoring split (harvested with the same options).")
+    train: SAETrainConfig = Field(default_factory=SAETrainConfig, description="SAE training.")
+    score: ScoreConfig = Field(default_factory=lambda: ScoreConfig(sweep=SweepConfig()),
+                               description="Feature scoring and selection (by default with the "
+                               "per-concept sweep of n and multiplier).")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Unlearning "
+                                     "targets and evaluation sampling.")
+    force: list[Stage] = Field([], description="Stages to rerun even when cached.")
+
+    @model_validator(mode="after")
+    def _one_hook(self) -> "PipelineConfig":
+        hook = self.train.hook
+        if hook not in self.harvest.hooks:
+            raise ValueError(f"train.hook {hook!r} is not harvested; harvest.hooks are "
+                             f"{self.harvest.hooks}")
+        for stage in ("score", "evaluate"):
+            other = getattr(self, stage).hook
+            if other != hook:
+                raise ValueError(f"{stage}.hook {other!r} differs from train.hook {hook!r}")
+        if self.harvest.split != "harvest":
+            raise ValueError(f"harvest.split must be 'harvest' in a pipeline (the scoring split "
+                             f"is harvested with score_seeds), got {self.harvest.split!r}")
+        if self.evaluate.model != self.harvest.model:
+            raise ValueError(f"evaluate.model {self.evaluate.model!r} differs from harvest.model "
+                             f"{self.harvest.model!r}")
+        return self
+
+    def score_harvest(self) -> HarvestConfig:
+        return self.harvest.model_copy(update={"split": "score", "n_seeds": self.score_seeds})
+
+
+def check_pipeline(cfg: PipelineConfig) -> None:
+    """Every check that needs the model but no sampling, so a bad run fails in seconds."""
+    harvested = prepare(cfg.harvest)
+    prepare(cfg.score_harvest())
+    width = harvested.spec.hooks[cfg.train.hook][1]
+    sae = SAEConfig(d_in=width, expansion_factor=cfg.train.expansion_factor, k=cfg.train.k)
+    for name, n in [("score.top_n", cfg.score.top_n)] + [
+            ("score.sweep.top_n", n) for n in (cfg.score.sweep.top_n if cfg.score.sweep else [])]:
+        if n is not None and n > sae.n_latents:
+            raise ValueError(f"{name} {n} exceeds the SAE's {sae.n_latents} latents")
+    table = harvested.table
+    for domain, asked in (("style", cfg.evaluate.styles), ("object", cfg.evaluate.objects),
+                          ("style", [s for group in cfg.evaluate.style_sets for s in group])):
+        known = sorted(set(table[domain]) - {NO_STYLE})
+        unknown = [c for c in asked or [] if c not in known]
+        if unknown:
+            raise ValueError(f"evaluate: unknown {domain} target(s) {unknown}; the harvest "
+                             f"scores these: {', '.join(known)}")

@@ -1,0 +1,111 @@
+"""Per-concept choice of (features per timestep, multiplier) on validation prompts.
+
+As the paper does for objects: for each target concept, every candidate selection size n and
+multiplier gamma is tried on a validation set of grid cells (the concept's own cells, and a
+fixed sample of the domain's other cells), sampled with seeds of the validation split, and the
+pair maximising (UA + IRA) / 2 is kept (ties: the smaller n, then the weaker multiplier).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from saeuron.config import Config
+from saeuron.intervention import Edit, Unlearn
+from saeuron.minicanvas.classifier import Judge
+from saeuron.minicanvas.data import ALL_STYLES, cells
+from saeuron.minicanvas.prompts import prompt_for
+from saeuron.minicanvas.render import OBJECTS
+from saeuron.pipeline import Pipeline
+from saeuron.sae import SparseAutoencoder
+from saeuron.sampling import sample
+
+VAL_SEED_BASE = 500_000
+"""First seed of the validation split (harvest 0, score 100,000, eval 1,000,000)."""
+
+
+class SweepConfig(Config):
+    domains: list[Literal["style", "object"]] = Field(["style", "object"], min_length=1,
+                                                      description="Domains whose concepts are swept.")
+    top_n: list[int] = Field([1, 3], min_length=1, description="Candidate features per "
+                             "timestep.")
+    multipliers: list[float] = Field([-1.0, -3.0, -10.0], min_length=1,
+                                     description="Candidate gammas (negative).")
+    n_seeds: int = Field(1, ge=1, le=100, description="Validation seeds per cell.")
+    own: int = Field(5, ge=1, le=11, description="Cells of the concept judged per seed, for UA.")
+    others: int = Field(5, ge=1, le=110, description="Cells of the domain's other concepts "
+                        "judged per seed, for IRA.")
+    num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
+    guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
+    workers: int = Field(2, ge=1, le=64, description="Concepts swept at once (threads, each with "
+                         "its own copy of the model, one torch thread each).")
+
+    @field_validator("top_n")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if min(values) < 1:
+            raise ValueError(f"top_n candidates must be >= 1, got {values}")
+        return sorted(set(values))
+
+    @field_validator("multipliers")
+    @classmethod
+    def _negative(cls, values: list[float]) -> list[float]:
+        if max(values) >= 0:
+            raise ValueError(f"multipliers must be negative (they remove a concept), got {values}")
+        return sorted(set(values), reverse=True)
+
+
+@dataclass
+class ValidationCells:
+    prompts: list[str]
+    seeds: list[int]
+    truth: np.ndarray
+    """Index of the prompted concept in its domain, per image."""
+    target: np.ndarray
+    """bool per image: prompted with the target concept."""
+
+
+def validation_cells(domain: str, concept: str, cfg: SweepConfig) -> ValidationCells:
+    """Fixed samples of the concept's cells and of the other concepts' cells, per validation seed."""
+    labels = ALL_STYLES if domain == "style" else OBJECTS
+    position = 1 if domain == "style" else 0
+    grid = cells()
+    mine = [c for c in grid if c[position] == concept]
+    rest = [c for c in grid if c[position] != concept]
+    rng = np.random.default_rng([VAL_SEED_BASE, labels.index(concept)])
+    own = [mine[i] for i in sorted(rng.choice(len(mine), min(cfg.own, len(mine)), replace=False))]
+    chosen = [rest[i] for i in sorted(rng.choice(len(rest), min(cfg.others, len(rest)), replace=False))]
+    prompts, seeds, truth, target = [], [], [], []
+    for seed in range(VAL_SEED_BASE, VAL_SEED_BASE + cfg.n_seeds):
+        for cell in own + chosen:
+            prompts.append(prompt_for(*cell))
+            seeds.append(seed)
+            truth.append(labels.index(cell[position]))
+            target.append(cell[position] == concept)
+    return ValidationCells(prompts, seeds, np.array(truth), np.array(target))
+
+
+def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, domain: str,
+                  concept: str, edits: Callable[[int, float], Edit],
+                  cfg: SweepConfig) -> tuple[int, float, list[dict]]:
+    """(best n, best multiplier, one row per candidate) for one concept; `edits(n, gamma)`
+    gives the edit of the candidate."""
+    val = validation_cells(domain, concept, cfg)
+    rows = []
+    for n in cfg.top_n:
+        for gamma in cfg.multipliers:
+            with Unlearn(pipe.unet, hook, sae, edits(n, gamma)):
+                images = sample(pipe, val.prompts, val.seeds, num_steps=cfg.num_steps,
+                                guidance=cfg.guidance)
+            style, obj = judge.predict(images)
+            correct = (style if domain == "style" else obj) == val.truth
+            ua, ira = float((~correct[val.target]).mean()), float(correct[~val.target].mean())
+            rows.append({"domain": domain, "concept": concept, "top_n": n, "multiplier": gamma,
+                         "UA": round(ua, 4), "IRA": round(ira, 4),
+                         "objective": round((ua + ira) / 2, 4)})
+    best = max(rows, key=lambda r: (r["objective"], -r["top_n"], r["multiplier"]))
+    return best["top_n"], best["multiplier"], rows

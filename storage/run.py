@@ -1,0 +1,143 @@
+"""The run layout and stage manifests: where a run's artifacts live, and which are complete.
+
+    <root>/                       a local folder
+      config.yaml                 the resolved pipeline configuration
+      sae/<hook>/                 SAE weights, training checkpoints and metrics
+      eval/<target>/              metrics.json and image grid per target; eval/report.md
+      manifests/<stage>.json      written last, atomically: the stage is complete for its fingerprint
+      manifests/<stage>.started   the fingerprint a stage was started with (removed once complete)
+    <stores>/                     <root> by default, or any fsspec URL (s3://..., memory://...)
+      activations/<split>.zarr
+      features/<hook>.zarr
+
+A stage is complete when its manifest's fingerprint equals the one its inputs give now and its
+outputs exist. A stage found started with another fingerprint (or forced) has its outputs
+cleared before it runs, so a killed run resumes only work of the same inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+LIBRARIES = ("saeuron", "torch", "diffusers", "transformers", "zarr", "dask", "prefect")
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-able parts (configurations, upstream fingerprints, code version)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: str
+    """Local folder of the run."""
+    stores: str | None = None
+    """Folder or fsspec URL of the Zarr stores (default: the root)."""
+
+    @property
+    def _stores(self) -> str:
+        return (self.stores or self.root).rstrip("/")
+
+    def activations(self, split: str) -> str:
+        return f"{self._stores}/activations/{split}.zarr"
+
+    def features(self, hook: str) -> str:
+        return f"{self._stores}/features/{hook}.zarr"
+
+    @property
+    def sae_dir(self) -> Path:
+        return Path(self.root) / "sae"
+
+    @property
+    def eval_dir(self) -> Path:
+        return Path(self.root) / "eval"
+
+    def manifest_path(self, stage: str) -> Path:
+        return Path(self.root) / "manifests" / f"{stage}.json"
+
+    def read_manifest(self, stage: str) -> dict | None:
+        path = self.manifest_path(stage)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def complete(self, stage: str, fp: str) -> dict | None:
+        """The stage's manifest if it is complete for fingerprint `fp` and its outputs exist."""
+        manifest = self.read_manifest(stage)
+        if manifest is None or manifest["fingerprint"] != fp:
+            return None
+        return manifest if all(exists(p) for p in manifest["outputs"].values()) else None
+
+    def upstream(self, stage: str, needed_by: str) -> dict:
+        """The manifest of a finished upstream stage, or a clear error naming what to run."""
+        manifest = self.read_manifest(stage)
+        if manifest is None:
+            raise FileNotFoundError(
+                f"{needed_by} needs the output of the {stage} stage, but {self.root} has no "
+                f"{self.manifest_path(stage).relative_to(self.root)}: run the {stage} stage "
+                f"(or the whole pipeline) on this root first")
+        missing = [p for p in manifest["outputs"].values() if not exists(p)]
+        if missing:
+            raise FileNotFoundError(f"{needed_by} needs the {stage} stage's outputs, but "
+                                    f"{', '.join(missing)} no longer exist: run {stage} again")
+        return manifest
+
+    def begin(self, stage: str, fp: str, outputs: list[str], force: bool = False) -> bool:
+        """Record that `stage` starts with fingerprint `fp`; clear `outputs` first if the stage's
+        last output or start was from other inputs (or `force`). Returns whether it was."""
+        started = Path(self.root) / "manifests" / f"{stage}.started"
+        before = self.read_manifest(stage)
+        stale = force or (before is not None and before["fingerprint"] != fp) or (
+            started.is_file() and started.read_text() != fp)
+        self.manifest_path(stage).unlink(missing_ok=True)
+        if stale:
+            for path in outputs:
+                remove(path)
+        started.parent.mkdir(parents=True, exist_ok=True)
+        started.write_text(fp)
+        return stale
+
+    def finish(self, stage: str, fp: str, outputs: dict[str, str], metrics: dict,
+               seconds: float, upstream: dict[str, str]) -> dict:
+        """Write the stage's manifest, atomically and last."""
+        manifest = {"stage": stage, "fingerprint": fp, "upstream": upstream, "outputs": outputs,
+                    "metrics": metrics, "seconds": round(seconds, 1),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()}
+        path = self.manifest_path(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, default=str))
+        os.replace(tmp, path)
+        (Path(self.root) / "manifests" / f"{stage}.started").unlink(missing_ok=True)
+        return manifest
+
+
+def exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def remove(url: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        if fs.isdir(path):
+            fs.rm(path, recursive=True)
+        else:
+            fs.rm(path)

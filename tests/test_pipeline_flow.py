@@ -1,0 +1,171 @@
+"""The whole pipeline under a real Prefect server: artifacts, caching, downstream reruns,
+resuming after kill -9, and one clear message for a bad configuration."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from saeuron.harvest import HarvestConfig
+from saeuron.run import PipelineConfig, RunConfig
+from saeuron.sae_train import CHECKPOINT, SAETrainConfig
+from saeuron.scoring import ScoreConfig
+from saeuron.unlearning import EvaluateConfig
+from storage.activations import ActivationStore
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOK = "up_blocks.1.attentions.1"
+
+
+def small(model_dir, root, n_seeds: int = 2, epochs: int = 2, **evaluate) -> PipelineConfig:
+    return PipelineConfig(
+        run=RunConfig(root=str(root)),
+        harvest=HarvestConfig(model=str(model_dir), objects=["circle", "star", "moon"],
+                              styles=["sunset", "pop", "none"], templates=1, num_steps=3,
+                              n_seeds=n_seeds, samples_per_chunk=6),
+        score_seeds=1,
+        train=SAETrainConfig(expansion_factor=2, k=4, aux_k=8, batch_size=256, epochs=epochs,
+                             holdout=0.2, buffer_size=512, checkpoint_every=3),
+        score=ScoreConfig(top_n=2),
+        evaluate=EvaluateConfig(model=str(model_dir), **({"styles": ["sunset"], "objects": ["star"],
+                                "style_sets": [], "num_steps": 2, "guidance": 2.0} | evaluate)))
+
+
+def states(result: dict) -> dict[str, str]:
+    return {s["stage"]: s["state"] for s in result["stages"]}
+
+
+def latest_artifact(client, key: str):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert found, f"no artifact {key!r}"
+    return max(found, key=lambda a: a.created)
+
+
+def test_pipeline_caches_and_reruns_only_downstream(fresh_pipeline_dir, tmp_path, prefect_api):
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import pipeline
+
+    config = small(fresh_pipeline_dir, tmp_path / "run", style_sets=[["sunset", "pop"]])
+    first = pipeline(config)
+    assert states(first) == dict.fromkeys(("harvest", "train", "score", "evaluate"), "Completed")
+    assert [s["domain"] for s in first["summary"]] == ["style", "object", "style sets"]
+    report = Path(first["report"]).read_text()
+    assert "![sunset+pop](sunset+pop/grid.png)" in report
+
+    with get_client(sync_client=True) as client:
+        for key in ("harvest-summary", "train-summary", "score-summary", "unlearning-targets",
+                    "unlearning-summary", "pipeline-stages"):
+            assert latest_artifact(client, key).type == "table"
+        targets = json.loads(latest_artifact(client, "unlearning-targets").data)
+        assert [r["target"] for r in targets] == ["baseline", "sunset", "star", "sunset+pop"]
+        assert all(0 <= r["UA"] <= 1 for r in targets[1:])
+        markdown = latest_artifact(client, "unlearning-report")
+        assert markdown.type == "markdown" and markdown.data.count("data:image/jpeg;base64,") == 4
+        assert latest_artifact(client, "evaluate-progress").data == 100.0
+
+    sae_file = tmp_path / "run" / "sae" / HOOK / "sae.safetensors"
+    stamp = sae_file.stat().st_mtime_ns
+    again = pipeline(config)
+    assert states(again) == dict.fromkeys(("harvest", "train", "score", "evaluate"), "Cached")
+    assert again["summary"] == first["summary"] and sae_file.stat().st_mtime_ns == stamp
+
+    rescored = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3)}))
+    assert states(rescored) == {"harvest": "Cached", "train": "Cached", "score": "Completed",
+                                "evaluate": "Completed"}
+    assert sae_file.stat().st_mtime_ns == stamp
+
+    # A forced stage reruns; its inputs, hence what depends on them, are unchanged.
+    forced = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3), "force": ["train"]}))
+    assert states(forced) == {"harvest": "Cached", "train": "Completed", "score": "Cached",
+                              "evaluate": "Cached"}
+    assert sae_file.stat().st_mtime_ns != stamp
+
+    (tmp_path / "run" / "features" / f"{HOOK}.zarr").rename(tmp_path / "moved.zarr")
+    deleted = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3)}))
+    assert states(deleted)["score"] == "Completed", "a deleted output is made again"
+
+
+def _run(config_file: Path) -> list[str]:
+    return [sys.executable, "-m", "flows.pipeline", "--config", str(config_file)]
+
+
+def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the pipeline ended (rc {proc.poll()}) before it was {what}")
+
+
+def test_killed_pipeline_resumes_to_the_same_metrics(fresh_pipeline_dir, tmp_path, prefect_api):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    configs = {}
+    for name in ("whole", "killed"):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(small(fresh_pipeline_dir, tmp_path / name, n_seeds=8,
+                                       epochs=8).to_yaml())
+    subprocess.run(_run(configs["whole"]), cwd=ROOT, env=env, check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    store = killed / "activations" / "harvest.zarr"
+
+    def mid_harvest() -> bool:
+        existing = ActivationStore.open_existing(str(store)) if store.exists() else None
+        return existing is not None and existing.done().sum() >= 2
+
+    def mid_training() -> bool:
+        checkpoint = killed / "sae" / HOOK / CHECKPOINT
+        return checkpoint.is_file() and torch.load(checkpoint, weights_only=False)["step"] >= 6
+
+    for ready, what in ((mid_harvest, "mid-harvest"), (mid_training, "mid-training")):
+        proc = subprocess.Popen(_run(configs["killed"]), cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _kill_when(proc, ready, what)
+    assert ActivationStore.open(str(store)).missing_units() == []
+    assert not (killed / "manifests" / "train.json").exists(), "killed before training ended"
+    subprocess.run(_run(configs["killed"]), cwd=ROOT, env=env, check=True, capture_output=True)
+
+    def manifest(root: Path, stage: str) -> dict:
+        return json.loads((root / "manifests" / f"{stage}.json").read_text())
+
+    for stage in ("train", "evaluate"):
+        assert manifest(killed, stage)["metrics"] == manifest(tmp_path / "whole", stage)["metrics"] \
+            | ({"report": str(killed / "eval" / "report.md")} if stage == "evaluate" else {})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"train": {"k": "many"}}, "train.k: Input should be a valid integer"),
+    ({"train": {"expansion_factor": 0}}, "train.expansion_factor: Input should be greater than"),
+    ({"harvest": {"hooks": ["up_blocks.9"]}}, "train.hook 'up_blocks.1.attentions.1' is not harvested"),
+    ({"harvest": {"hooks": ["up_blocks.9"]}, "train": {"hook": "up_blocks.9"},
+      "score": {"hook": "up_blocks.9"}, "evaluate": {"hook": "up_blocks.9"}}, "up_blocks.1.attentions.0"),
+    ({"evaluate": {"styles": ["baroque"]}}, "unknown style target(s) ['baroque']"),
+])
+def test_bad_configuration_is_one_message_before_any_work(change, message, tmp_path):
+    config = tmp_path / "bad.yaml"
+    import yaml
+    config.write_text(yaml.safe_dump({"run": {"root": str(tmp_path / "run")}, **change}))
+    out = subprocess.run(_run(config), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists(), "nothing is written for a bad configuration"
+
+
+def test_single_stage_without_its_upstream_says_what_to_run(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "flows.score", "--root", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "score needs the output of the harvest stage" in out.stderr
+    assert "Traceback" not in out.stderr

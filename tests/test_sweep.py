@@ -1,0 +1,68 @@
+"""The per-concept sweep of (n, multiplier), and the exclusive feature selection."""
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from saeuron.intervention import Edit
+from saeuron.minicanvas.data import EVAL_SEED_BASE
+from saeuron.pipeline import load_pipeline
+from saeuron.sae import SAEConfig, SparseAutoencoder
+from saeuron.scoring import ConceptMeans, select_features
+from saeuron.sweep import VAL_SEED_BASE, SweepConfig, sweep_concept, validation_cells
+
+HOOK = "up_blocks.1.attentions.1"
+
+
+def test_validation_cells_hold_the_concept_and_a_fixed_sample_of_the_others():
+    cfg = SweepConfig(n_seeds=2, own=11, others=7)
+    val = validation_cells("object", "star", cfg)
+    assert len(val.prompts) == 2 * (11 + 7) and val.target.sum() == 2 * 11
+    assert all("star" in p for p, t in zip(val.prompts, val.target) if t)
+    assert not any("star" in p for p, t in zip(val.prompts, val.target) if not t)
+    assert set(val.seeds) == {VAL_SEED_BASE, VAL_SEED_BASE + 1}
+    assert max(val.seeds) < EVAL_SEED_BASE, "validation never uses evaluation seeds"
+    assert validation_cells("object", "star", cfg).prompts == val.prompts, "fixed sample"
+    style = validation_cells("style", "neon", SweepConfig(own=4, others=5))
+    assert style.target.sum() == 4 and len(style.prompts) == 9
+
+
+def test_sweep_config_refuses_non_removing_multipliers():
+    with pytest.raises(ValidationError, match="multipliers must be negative"):
+        SweepConfig(multipliers=[-1.0, 2.0])
+    with pytest.raises(ValidationError, match="top_n candidates must be >= 1"):
+        SweepConfig(top_n=[0, 2])
+
+
+def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judge):
+    pipe = load_pipeline(fresh_pipeline_dir)
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=8))
+    cfg = SweepConfig(top_n=[1, 3], multipliers=[-1.0, -20.0], own=3, others=3, num_steps=2,
+                      guidance=2.0)
+    rng = np.random.default_rng(0)
+    timesteps = [999, 499]
+
+    def edit(n: int, gamma: float) -> Edit:
+        selected = np.zeros((1, 2, 128), bool)
+        selected[0, :, :n] = True
+        return Edit.for_concepts(timesteps, selected, rng.random((1, 2, 128)) + 0.5, [gamma],
+                                 np.zeros((2, 128)))
+
+    n, gamma, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, cfg)
+    assert [(r["top_n"], r["multiplier"]) for r in rows] == [(1, -1.0), (1, -20.0), (3, -1.0),
+                                                            (3, -20.0)]
+    best = max(r["objective"] for r in rows)
+    assert any(r["objective"] == best and (r["top_n"], r["multiplier"]) == (n, gamma) for r in rows)
+    assert all(r["objective"] == pytest.approx((r["UA"] + r["IRA"]) / 2, abs=1e-4) for r in rows)
+
+
+def test_exclusive_selection_keeps_only_features_the_concept_leads():
+    sums = np.array([[[5.0, 1.0, 2.0]], [[4.0, 0.1, 3.0]]])  # 2 concepts, 1 timestep, 3 features
+    m = ConceptMeans(concepts=["a", "b"], timesteps=[1], sums=sums, counts=np.array([1, 1]))
+    assert m.exclusive().tolist() == [[[True, True, False]], [[False, False, True]]]
+    scores = np.array([[[0.9, 0.1, 0.5]], [[0.8, 0.0, 0.2]]])
+    chosen = select_features(scores, top_n=1, eligible=m.exclusive())
+    assert chosen.tolist() == [[[True, False, False]], [[False, False, True]]]
+    assert select_features(scores, top_n=1)[1].tolist() == [[True, False, False]]
