@@ -58,10 +58,6 @@ def main() -> None:
     setup()
     if JOBS[job]:
         os.chdir(ROOT)
-        # An embedded (ephemeral) Prefect unless PREFECT_API_URL names a server; on a busy
-        # 2-core machine it can take longer than Prefect's default 20 s to start.
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         os.execv(PY, [str(PY), *JOBS[job], *extra])
 
 

@@ -5,7 +5,8 @@ Each measurement runs in a fresh process (peak RSS = its ru_maxrss). The Dask pa
 not grow with the store; the in-memory pass loads the store as one float32 array, encodes it
 with the SAE in large batches and reduces with NumPy, which needs the store to fit.
 
-    .venv/bin/python bench/score_memory.py [--large-samples 12000] [--small-samples 1200]
+    .venv/bin/python bench/score_memory.py [--large-samples 12000] [--small-samples 1200] \
+        [--limit-mb 3072]
 """
 
 from __future__ import annotations
@@ -71,9 +72,14 @@ def measure(mode: str, url: str, sae_dir: str) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-def run(mode: str, url: str, sae_dir: str) -> dict:
+def run(mode: str, url: str, sae_dir: str, limit_mb: int | None = None) -> dict:
+    """One pass in a fresh process; `limit_mb` caps its address space (RLIMIT_AS)."""
+    def cap() -> None:
+        if limit_mb:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+
     out = subprocess.run([sys.executable, __file__, "--measure", mode, url, sae_dir],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, preexec_fn=cap)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -81,6 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--large-samples", type=int, default=12_000)
     parser.add_argument("--small-samples", type=int, default=1_200)
+    parser.add_argument("--limit-mb", type=int, default=None,
+                        help="address-space cap of the Dask pass over the large store")
     parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -94,14 +102,19 @@ def main() -> None:
         for name, samples in (("small", args.small_samples), ("large", args.large_samples)):
             url = str(Path(tmp) / f"{name}.zarr")
             make_store(url, samples)
-            modes = ("dask", "memory") if name == "small" else ("dask",)
-            rows += [{"store": name, **run(mode, url, sae_dir)} for mode in modes]
+            if name == "small":
+                rows += [{"store": name, **run(mode, url, sae_dir)} for mode in ("dask", "memory")]
+            else:
+                rows.append({"store": name, **run("dask", url, sae_dir, args.limit_mb)})
         print("| store | pass | raw store MB | vectors | seconds | vectors/s | peak RSS MB |")
         print("|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['store']} | {r['mode']} | {r['raw_mb']} | {r['vectors']} | {r['seconds']} "
                   f"| {r['vectors_per_s']} | {r['peak_rss_mb']} |")
         dask_small, memory_small = rows[0], rows[1]
+        if args.limit_mb:
+            print(f"the Dask pass over the large store ran under an address-space cap of "
+                  f"{args.limit_mb} MB")
         print(f"dask / in-memory throughput on the small store: "
               f"{dask_small['vectors_per_s'] / memory_small['vectors_per_s']:.2f}")
 

@@ -66,12 +66,17 @@ class ConceptMeans:
 
 
 def _encode_chunk(block: np.ndarray, sae: SparseAutoencoder) -> np.ndarray:
-    """(n, T, P, F) activations -> (n, T, L) position-averaged TopK latents, float32."""
+    """(n, T, P, F) activations -> (n, T, L) position-averaged TopK latents, float32.
+
+    One sample at a time, so the dense (vector, latent) intermediate is T x P x L floats, not
+    n times that (at SD scale a 16-sample chunk would need 16 x 50 x 256 x 20,480 x 4 B)."""
     n, t, p, f = block.shape
+    out = np.empty((n, t, sae.cfg.n_latents), np.float32)
     with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).reshape(-1, f)
-        dense = sae.dense_latents(x)
-    return dense.reshape(n, t, p, -1).mean(2).numpy()
+        for i in range(n):
+            x = torch.from_numpy(np.ascontiguousarray(block[i], dtype=np.float32)).reshape(-1, f)
+            out[i] = sae.dense_latents(x).reshape(t, p, -1).mean(1).numpy()
+    return out
 
 
 def encoded_means(store: ActivationStore, hook: str, sae: SparseAutoencoder) -> da.Array:
