@@ -32,9 +32,10 @@ METRICS = "metrics.jsonl"
 
 class SAETrainConfig(Config):
     hook: str = Field("up_blocks.1.attentions.1", description="Block whose activations to fit.")
-    expansion_factor: int = Field(16, ge=1, le=256, description="Latents per input dimension.")
-    k: int = Field(8, ge=1, description="Active latents per vector (MiniCanvas's block is 64 "
-                   "wide; Stable Diffusion's 1280-wide blocks use 32).")
+    expansion_factor: int = Field(4, ge=1, le=256, description="Latents per input dimension "
+                                  "(MiniCanvas: 4; the paper's SD setting: 16).")
+    k: int = Field(32, ge=1, description="Active latents per vector (see the FVU table of "
+                   "BENCHMARKS.md; the paper uses 32 on SD's 1280-wide blocks too).")
     aux_k: int = Field(512, ge=1, description="Dead latents used by AuxK (capped at d_in / 2).")
     aux_coef: float = Field(1 / 32, ge=0, description="Weight of the AuxK loss.")
     batch_size: int = Field(4096, ge=1, description="Vectors per step.")
