@@ -14,7 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.stage import cached, layout_of
-from saeuron.harvest import HarvestConfig, open_store, prepare
+from saeuron.harvest import Harvest, HarvestConfig, open_store, prepare
 from saeuron.run import RunConfig
 from storage.run import fingerprint
 from tasks.harvest import harvest_shard
@@ -47,12 +47,12 @@ def write_shards(config: HarvestConfig, store_url: str, shards: list[list[int]])
     return results
 
 
-def fill_store(config: HarvestConfig, store_url: str, run: RunConfig, replace: bool) -> dict:
+def fill_store(checked: Harvest, store_url: str, run: RunConfig, replace: bool) -> dict:
     """Write the units of `store_url` that are missing; the store's summary. `replace`: a store
     of another configuration there is the stage's own stale output, to be overwritten."""
     logger = get_run_logger()
     start = time.time()
-    checked = prepare(config)
+    config = checked.cfg
     store = open_store(checked, store_url, force=replace)
     missing = store.missing_units()
     logger.info(f"{store_url}: {len(checked.table)} samples in {store.n_units} units, "
@@ -77,16 +77,15 @@ def harvest(config: HarvestConfig = HarvestConfig(), run: RunConfig = RunConfig(
     start = time.time()
     layout = layout_of(run)
     splits = [config, config.model_copy(update={"split": "score", "n_seeds": score_seeds})]
-    for split in splits:
-        prepare(split)  # every option checked before any work or deletion
     fp = fingerprint("harvest", [s.fingerprint() for s in splits])
     if hit := cached(layout, "harvest", fp, force):
         return hit
+    checked = [prepare(s) for s in splits]  # every option checked before any work or deletion
     outputs = {s.split: layout.activations(s.split) for s in splits}
     # A store records its own configuration: one still valid is kept (and resumed) even when
     # the other split changed; forced, both are harvested again.
     stale = layout.begin("harvest", fp, list(outputs.values()) if force else [], force)
-    rows = [fill_store(s, outputs[s.split], run, replace=stale) for s in splits]
+    rows = [fill_store(h, outputs[h.cfg.split], run, replace=stale) for h in checked]
     create_table_artifact(rows, key="harvest-summary", description="Activation stores")
     metrics = {f"{r['split']}_{k}": r[k] for r in rows for k in ("samples", "vectors")}
     metrics["model"] = config.model_path()
