@@ -105,8 +105,9 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
     with torch_threads(config.threads), ThreadPoolTaskRunner(max_workers=config.workers) as runner:
         for domain, concepts, name in jobs:
             done = out_dir / name / "metrics.json"
-            if done.is_file() and json.loads(done.read_text())["fingerprint"] == fp:
-                rows[name] = json.loads(done.read_text())["row"]  # done before an interruption
+            before = json.loads(done.read_text()) if done.is_file() else {}
+            if before.get("fingerprint") == fp:
+                rows[name] = before["row"]  # done before an interruption
                 logger.info(f"{name}: done before, {rows[name]}")
             else:
                 futures[runner.submit(unlearn_target, parameters=dict(
