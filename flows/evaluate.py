@@ -16,7 +16,6 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                create_table_artifact, update_progress_artifact)
 
 from flows.stage import cached, layout_of
-from saeuron.harvest import HarvestConfig
 from saeuron.run import RunConfig
 from saeuron.threads import torch_threads
 from saeuron.unlearning import EvaluateConfig
@@ -87,16 +86,15 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
     scored = layout.upstream("score", "evaluate")
     features_url = scored["outputs"]["features"]
     _, _, domains = read_features(features_url)
-    targets = config.targets(domains)
-    fp = fingerprint("evaluate", config.model_dump(mode="json"), scored["fingerprint"])
+    targets = config.targets(domains, config.concept_grid())
+    fp = fingerprint("evaluate", config.model_dump(mode="json", exclude={"device"}),
+                     scored["fingerprint"])
     if hit := cached(layout, "evaluate", fp, force):
         return hit
     out_dir = layout.eval_dir
     layout.begin("evaluate", fp, [str(out_dir)], force)
-    common = dict(model=HarvestConfig(model=config.model).model_path(),
-                  sae_dir=str(layout.sae_dir), features_url=features_url, hook=config.hook,
-                  seeds=config.seeds(), num_steps=config.num_steps, guidance=config.guidance,
-                  out_dir=str(out_dir), error_sign=config.error_sign)
+    common = dict(config=config, sae_dir=str(layout.sae_dir), features_url=features_url,
+                  out_dir=str(out_dir))
     progress = create_progress_artifact(0.0, key="evaluate-progress",
                                         description="Unlearning targets evaluated")
     jobs = [(None, [], "baseline")] + targets

@@ -60,9 +60,10 @@ class PipelineConfig(Config):
         if self.harvest.split != "harvest":
             raise ValueError(f"harvest.split must be 'harvest' in a pipeline (the scoring split "
                              f"is harvested with score_seeds), got {self.harvest.split!r}")
-        if self.evaluate.model != self.harvest.model:
-            raise ValueError(f"evaluate.model {self.evaluate.model!r} differs from harvest.model "
-                             f"{self.harvest.model!r}")
+        for option in ("model", "grid"):
+            if getattr(self.evaluate, option) != getattr(self.harvest, option):
+                raise ValueError(f"evaluate.{option} {getattr(self.evaluate, option)!r} differs "
+                                 f"from harvest.{option} {getattr(self.harvest, option)!r}")
         return self
 
     def score_harvest(self) -> HarvestConfig:
@@ -87,3 +88,5 @@ def check_pipeline(cfg: PipelineConfig) -> None:
         if unknown:
             raise ValueError(f"evaluate: unknown {domain} target(s) {unknown}; the harvest "
                              f"scores these: {', '.join(known)}")
+    sets = [s for group in cfg.evaluate.style_sets for s in group]
+    cfg.evaluate.concept_grid().check(cfg.evaluate.objects, (cfg.evaluate.styles or []) + sets)

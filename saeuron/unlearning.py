@@ -16,27 +16,26 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from saeuron.config import Config
-from saeuron.intervention import Edit, Unlearn
-from saeuron.minicanvas.classifier import Judge
+from saeuron.grid import NO_STYLE, ConceptGrid, minicanvas_grid, unlearncanvas_grid
 from saeuron.harvest import SPLIT_SEED_BASE
-from saeuron.minicanvas.data import ALL_STYLES
-from saeuron.minicanvas.evaluate import GridResult, sample_grid
-from saeuron.minicanvas.render import NO_STYLE, OBJECTS
+from saeuron.intervention import Edit, Unlearn
+from saeuron.minicanvas import JUDGE_DIR
+from saeuron.minicanvas.classifier import Judge
+from saeuron.minicanvas.evaluate import GridJudge, GridResult, sample_grid
 from saeuron.pipeline import Pipeline
 from saeuron.sae import SparseAutoencoder
+from saeuron.vit_judge import ViTJudge, ViTJudgeConfig
 from storage.features import DomainFeatures
-
-DOMAIN_LABELS = {"style": ALL_STYLES, "object": OBJECTS}
 
 
 def unlearning_metrics(result: GridResult, domain: str, concepts: list[str]) -> dict[str, float]:
-    """UA, IRA and CRA (in [0, 1]) of a judged MiniCanvas grid for targets of one domain."""
-    if domain not in DOMAIN_LABELS:
+    """UA, IRA and CRA (in [0, 1]) of a judged grid for targets of one domain."""
+    if domain not in ("style", "object"):
         raise ValueError(f"unknown domain {domain!r}; use 'style' or 'object'")
-    labels = DOMAIN_LABELS[domain]
+    labels = list(result.styles if domain == "style" else result.objects)
     unknown = [c for c in concepts if c not in labels]
     if unknown or not concepts:
         raise ValueError(f"unknown {domain} target(s) {unknown or concepts}; known: "
@@ -63,16 +62,27 @@ def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domai
     return Edit.for_concepts(d.timesteps, d.selected[rows], d.mean[rows], gammas, mean_all)
 
 
-def unlearned_grid(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, block: str,
+def unlearned_grid(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, block: str,
                    edit: Edit | None, seeds: tuple[int, ...], *, num_steps: int,
-                   guidance: float, error_sign: int = 1) -> GridResult:
-    """Sample and judge the whole objects x styles grid with the edit applied."""
+                   guidance: float, error_sign: int = 1, grid: ConceptGrid | None = None,
+                   batch_size: int = 128) -> GridResult:
+    """Sample and judge the whole objects x styles grid (default MiniCanvas's) with the edit
+    applied."""
     with Unlearn(pipe.unet, block, sae, edit, error_sign=error_sign):
-        return sample_grid(pipe, judge, seeds, num_steps=num_steps, guidance=guidance)
+        return sample_grid(pipe, judge, seeds, num_steps=num_steps, guidance=guidance,
+                           batch_size=batch_size, grid=grid)
 
 
 class EvaluateConfig(Config):
     model: str = Field("minicanvas", description="Pipeline folder, or 'minicanvas'.")
+    grid: Literal["minicanvas", "unlearncanvas"] = Field(
+        "minicanvas", description="Grid sampled and judged; the harvest's grid. unlearncanvas "
+        "prompts 'An {object} image in {style} style.' over the styles its classifier names.")
+    classifier: ViTJudgeConfig | None = Field(None, description="The UnlearnCanvas ViT "
+                                              "classifiers, required by (and only for) the "
+                                              "unlearncanvas grid; None: the MiniCanvas judge.")
+    device: str = Field("cpu", description="torch device of sampling and judging (not part of "
+                        "the results' fingerprint).")
     hook: str = Field("up_blocks.1.attentions.1", description="Block edited by the SAE.")
     styles: list[str] | None = Field(None, description="Style targets, one at a time "
                                      "(default: every named style).")
@@ -90,17 +100,43 @@ class EvaluateConfig(Config):
                          "with its own copy of the model).")
     threads: int = Field(1, ge=1, le=256, description="torch threads of the stage, shared by "
                          "its workers (results depend on it slightly; fixed for reproducibility).")
+    batch_size: int = Field(128, ge=1, le=4096, description="Images sampled per UNet batch.")
 
-    def targets(self, domains: dict[str, DomainFeatures]) -> list[tuple[str, list[str], str]]:
-        """(domain, concepts, name) per target, checked against the feature store's concepts."""
-        styles = [s for s in domains["style"].concepts if s != NO_STYLE]
+    @model_validator(mode="after")
+    def _judge_fits_grid(self) -> "EvaluateConfig":
+        if (self.grid == "unlearncanvas") != (self.classifier is not None):
+            raise ValueError("the unlearncanvas grid is judged by the UnlearnCanvas classifiers "
+                             "(set evaluate.classifier: {style: ..., object: ...}), and the "
+                             f"minicanvas grid by MiniCanvas's judge; got grid {self.grid!r} "
+                             f"with classifier {self.classifier}")
+        return self
+
+    def concept_grid(self) -> ConceptGrid:
+        """The evaluation grid; for UnlearnCanvas, the styles the style classifier names (its
+        head size tells styles_60 from styles_unlearning; only the heads' shapes are read)."""
+        if self.classifier is None:
+            return minicanvas_grid()
+        return unlearncanvas_grid(style_set=self.classifier.style_set())
+
+    def judge(self) -> GridJudge:
+        if self.classifier is None:
+            return Judge.load(JUDGE_DIR)
+        return ViTJudge(self.classifier, device=self.device)
+
+    def targets(self, domains: dict[str, DomainFeatures],
+                grid: ConceptGrid) -> list[tuple[str, list[str], str]]:
+        """(domain, concepts, name) per target, checked against the feature store's concepts and
+        the evaluation grid's; by default every concept both hold."""
+        judged = {"style": grid.styles, "object": grid.objects}
+        styles = [s for s in domains["style"].concepts if s != NO_STYLE and s in judged["style"]]
+        objects = [o for o in domains["object"].concepts if o in judged["object"]]
         chosen = [("style", [s], s) for s in (styles if self.styles is None else self.styles)]
-        chosen += [("object", [o], o) for o in
-                   (domains["object"].concepts if self.objects is None else self.objects)]
+        chosen += [("object", [o], o) for o in (objects if self.objects is None else self.objects)]
         chosen += [("style", list(group), "+".join(group)) for group in self.style_sets]
         for domain, concepts, _ in chosen:
             for concept in concepts:
                 domains[domain].index(concept)
+            grid.check(**{f"{domain}s": concepts})
         return chosen
 
     def seeds(self) -> list[int]:

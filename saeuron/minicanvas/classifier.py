@@ -27,6 +27,9 @@ from saeuron.minicanvas.render import OBJECTS
 class Judge(nn.Module):
     """Predicts (style logits over ALL_STYLES, object logits over OBJECTS) for images in [0, 1]."""
 
+    style_labels: tuple[str, ...] = ALL_STYLES
+    object_labels: tuple[str, ...] = OBJECTS
+
     def __init__(self, width: int = 32, styles: int = len(ALL_STYLES), objects: int = len(OBJECTS)):
         super().__init__()
 

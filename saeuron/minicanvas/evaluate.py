@@ -1,17 +1,17 @@
-"""Sampling the objects x styles grid and judging it: the MiniCanvas model's report card."""
+"""Sampling the objects x styles grid and judging it: the MiniCanvas model's report card, and
+(given the UnlearnCanvas grid and its classifiers) a Stable Diffusion model's."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 from PIL import Image
 
-from saeuron.minicanvas.classifier import Judge
-from saeuron.minicanvas.data import ALL_STYLES, EVAL_SEED_BASE, cells
-from saeuron.minicanvas.prompts import prompt_for
+from saeuron.grid import NO_STYLE, ConceptGrid, minicanvas_grid
+from saeuron.minicanvas.data import ALL_STYLES, EVAL_SEED_BASE
 from saeuron.minicanvas.render import OBJECTS
 from saeuron.pipeline import Pipeline
 from saeuron.sampling import sample
@@ -23,6 +23,18 @@ DEFAULT_GUIDANCE = 4.0
 EVAL_SEEDS: tuple[int, ...] = tuple(EVAL_SEED_BASE + i for i in range(4))
 
 
+class GridJudge(Protocol):
+    """A style and object classifier: MiniCanvas's Judge, or the UnlearnCanvas ViTJudge."""
+
+    style_labels: tuple[str, ...]
+    """Style names in the order of the predicted indices ('none' for unstyled)."""
+    object_labels: tuple[str, ...]
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(style index, object index) per uint8 image of shape (N, H, W, 3)."""
+        ...
+
+
 @dataclass
 class GridResult:
     images: np.ndarray
@@ -32,9 +44,14 @@ class GridResult:
     object_ok: np.ndarray
     """bool (seeds, styles, objects): the judge saw the prompted object."""
     style_pred: np.ndarray
-    """int (seeds, styles, objects): the judged style, an index into ALL_STYLES."""
+    """int (seeds, styles, objects): the judged style, an index into `styles` (-1: a style
+    the classifier knows but the grid does not prompt)."""
     object_pred: np.ndarray
-    """int (seeds, styles, objects): the judged object, an index into OBJECTS."""
+    """int (seeds, styles, objects): the judged object, an index into `objects` (-1 likewise)."""
+    styles: tuple[str, ...] = ALL_STYLES
+    """The style of each row, 'none' (unstyled) last."""
+    objects: tuple[str, ...] = OBJECTS
+    """The object of each column."""
 
     @property
     def style_accuracy(self) -> float:
@@ -47,12 +64,12 @@ class GridResult:
     def per_style(self) -> dict[str, tuple[float, float]]:
         """Style label -> (style accuracy, object accuracy) over its row."""
         return {s: (float(self.style_ok[:, i].mean()), float(self.object_ok[:, i].mean()))
-                for i, s in enumerate(ALL_STYLES)}
+                for i, s in enumerate(self.styles)}
 
     def per_object(self) -> dict[str, tuple[float, float]]:
         """Object label -> (style accuracy, object accuracy) over its column."""
         return {o: (float(self.style_ok[:, :, j].mean()), float(self.object_ok[:, :, j].mean()))
-                for j, o in enumerate(OBJECTS)}
+                for j, o in enumerate(self.objects)}
 
     def summary(self) -> dict[str, float | str]:
         worst_style = min(self.per_style().items(), key=lambda kv: kv[1][0])
@@ -70,29 +87,52 @@ class GridResult:
         return "\n".join(lines)
 
 
-def sample_grid(pipe: Pipeline, judge: Judge, seeds: tuple[int, ...] = EVAL_SEEDS, *,
+def sample_grid(pipe: Pipeline, judge: GridJudge, seeds: tuple[int, ...] = EVAL_SEEDS, *,
                 num_steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
-                batch_size: int = 128,
+                batch_size: int = 128, grid: ConceptGrid | None = None,
                 progress: Callable[[int, int], None] | None = None) -> GridResult:
-    """Sample every (object, style) cell once per seed and judge each picture."""
-    grid = cells()
-    prompts = [prompt_for(o, s) for _ in seeds for o, s in grid]
-    seed_list = [seed for seed in seeds for _ in grid]
-    images = sample(pipe, prompts, seed_list, num_steps=num_steps, guidance=guidance,
-                    batch_size=batch_size, progress=progress)
+    """Sample every (object, style) cell of `grid` (default MiniCanvas's) once per seed, with its
+    first template, and judge each picture."""
+    grid = grid or minicanvas_grid()
+    styles, objects = grid.styles + (NO_STYLE,), grid.objects
+    for kind, prompted, known in (("style", styles, judge.style_labels),
+                                  ("object", objects, judge.object_labels)):
+        unknown = [c for c in prompted if c not in known]
+        if unknown:
+            raise ValueError(f"the classifier cannot name the {grid.name} grid's {kind}(s) "
+                             f"{unknown}; it knows {', '.join(known)}")
+    table = grid.table(list(seeds), templates=1)  # rows: seed, then style, then object
+    images = sample(pipe, list(table.prompt), list(table.seed), num_steps=num_steps,
+                    guidance=guidance, batch_size=batch_size, progress=progress)
     style_pred, object_pred = judge.predict(images)
-    style_true = np.array([ALL_STYLES.index(s) for _ in seeds for _, s in grid])
-    object_true = np.array([OBJECTS.index(o) for _ in seeds for o, _ in grid])
-    shape = (len(seeds), len(ALL_STYLES), len(OBJECTS))
+    style_pred = np.array([styles.index(s) if s in styles else -1
+                           for s in judge.style_labels])[style_pred]
+    object_pred = np.array([objects.index(o) if o in objects else -1
+                            for o in judge.object_labels])[object_pred]
+    style_true = np.array([styles.index(s) for s in table["style"]])
+    object_true = np.array([objects.index(o) for o in table["object"]])
+    shape = (len(seeds), len(styles), len(objects))
     return GridResult(images=images.reshape(shape + images.shape[1:]),
                       style_ok=(style_pred == style_true).reshape(shape),
                       object_ok=(object_pred == object_true).reshape(shape),
-                      style_pred=style_pred.reshape(shape), object_pred=object_pred.reshape(shape))
+                      style_pred=style_pred.reshape(shape), object_pred=object_pred.reshape(shape),
+                      styles=styles, objects=objects)
 
 
-def grid_picture(images: np.ndarray, path: str | Path, scale: int = 3, gap: int = 2) -> Path:
-    """Write a (rows, cols, H, W, 3) image array as one PNG: rows = styles, columns = objects."""
+def grid_picture(images: np.ndarray, path: str | Path, scale: int = 3, gap: int = 2,
+                 thumb: int = 96) -> Path:
+    """Write a (rows, cols, H, W, 3) image array as one PNG: rows = styles, columns = objects.
+
+    Pictures larger than `thumb` pixels are shrunk to it and not enlarged (61 x 20 Stable
+    Diffusion images would make a 380-megapixel file); smaller ones are enlarged `scale` times.
+    """
     rows, cols, h, w, _ = images.shape
+    if max(h, w) > thumb:
+        small = [np.asarray(Image.fromarray(im).resize((thumb * w // max(h, w), thumb * h // max(h, w)),
+                                                      Image.Resampling.BOX))
+                 for im in images.reshape((-1,) + images.shape[2:])]
+        images, scale = np.stack(small).reshape((rows, cols) + small[0].shape), 1
+        h, w = images.shape[2:4]
     canvas = np.full((rows * (h + gap) + gap, cols * (w + gap) + gap, 3), 255, np.uint8)
     for r in range(rows):
         for c in range(cols):

@@ -1,0 +1,223 @@
+"""The UnlearnCanvas judge: timm ViT state dicts run as transformers' ViT, in the evaluation."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from saeuron.grid import unlearncanvas_grid
+from saeuron.vit_judge import ViTJudge, ViTJudgeConfig, load_timm_vit
+
+HIDDEN, DEPTH, HEADS, PATCH, SIZE = 32, 2, 2, 16, 32
+
+
+def timm_state(classes: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random state dict under timm's VisionTransformer key names (no timm needed)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 0.2, mean: float = 0.0) -> torch.Tensor:
+        return mean + scale * torch.randn(shape, generator=g)
+
+    d, n = HIDDEN, (SIZE // PATCH) ** 2 + 1
+    state = {"cls_token": rand(1, 1, d, scale=0.5), "pos_embed": rand(1, n, d, scale=0.5),
+             "patch_embed.proj.weight": rand(d, 3, PATCH, PATCH, scale=0.05),
+             "patch_embed.proj.bias": rand(d), "norm.weight": rand(d, mean=1.0),
+             "norm.bias": rand(d), "head.weight": rand(classes, d), "head.bias": rand(classes)}
+    for i in range(DEPTH):
+        shapes = {"norm1": (d,), "attn.qkv": (3 * d, d), "attn.proj": (d, d), "norm2": (d,),
+                  "mlp.fc1": (4 * d, d), "mlp.fc2": (d, 4 * d)}
+        for name, shape in shapes.items():
+            state[f"blocks.{i}.{name}.weight"] = rand(*shape, mean=1.0 if "norm" in name else 0.0)
+            state[f"blocks.{i}.{name}.bias"] = rand(shape[0])
+    return state
+
+
+def timm_forward(s: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """timm's ViT forward, written out: patch conv, class token, pre-norm blocks with a fused
+    qkv (reshape to (3, heads, head_dim) per token), final norm, the class token into the head."""
+    def norm(h: torch.Tensor, name: str) -> torch.Tensor:
+        return F.layer_norm(h, (HIDDEN,), s[f"{name}.weight"], s[f"{name}.bias"], eps=1e-6)
+
+    def linear(h: torch.Tensor, name: str) -> torch.Tensor:
+        return F.linear(h, s[f"{name}.weight"], s[f"{name}.bias"])
+
+    h = F.conv2d(x, s["patch_embed.proj.weight"], s["patch_embed.proj.bias"], stride=PATCH)
+    h = h.flatten(2).transpose(1, 2)
+    b, n = len(x), h.shape[1] + 1
+    h = torch.cat([s["cls_token"].expand(b, -1, -1), h], 1) + s["pos_embed"]
+    for i in range(DEPTH):
+        p = f"blocks.{i}"
+        q, k, v = linear(norm(h, f"{p}.norm1"), f"{p}.attn.qkv").reshape(
+            b, n, 3, HEADS, HIDDEN // HEADS).permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * (HIDDEN // HEADS) ** -0.5).softmax(-1)
+        h = h + linear((attn @ v).transpose(1, 2).reshape(b, n, HIDDEN), f"{p}.attn.proj")
+        h = h + linear(F.gelu(linear(norm(h, f"{p}.norm2"), f"{p}.mlp.fc1")), f"{p}.mlp.fc2")
+    return linear(norm(h, "norm")[:, 0], "head")
+
+
+@pytest.fixture(scope="module")
+def classifiers(tmp_path_factory):
+    """A 51-class style and a 20-object classifier, as .safetensors and as a wrapped .pth."""
+    root = tmp_path_factory.mktemp("vit")
+    style, obj = timm_state(51, seed=1), timm_state(20, seed=2)
+    save_file(style, root / "style.safetensors")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in obj.items()}, "epoch": 3},
+               root / "object.pth")
+    return root, style, obj
+
+
+def test_mapped_model_computes_timm_vit(classifiers):
+    root, style, _ = classifiers
+    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    model = load_timm_vit(root / "style.safetensors", heads=HEADS)
+    with torch.no_grad():
+        got = model(x).logits
+    want = timm_forward(style, x)
+    assert got.shape == (3, 51)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    quiet = {k: v * 1e-3 if k.startswith(("cls", "pos", "patch")) else v for k, v in style.items()}
+    save_file(quiet, root / "quiet.safetensors")  # variance near LayerNorm's eps: eps matters
+    with torch.no_grad():
+        got = load_timm_vit(root / "quiet.safetensors", heads=HEADS)(x).logits
+    torch.testing.assert_close(got, timm_forward(quiet, x), atol=2e-5, rtol=1e-4)
+    swapped = dict(style)  # the reference is sensitive to a wrong qkv split
+    for i in range(DEPTH):
+        q, k, v = style[f"blocks.{i}.attn.qkv.weight"].chunk(3)
+        swapped[f"blocks.{i}.attn.qkv.weight"] = torch.cat([k, q, v])
+    assert not torch.allclose(timm_forward(swapped, x), want, atol=1e-3)
+
+
+def test_both_formats_load_and_the_judge_preprocesses_like_timm(classifiers, tmp_path):
+    root, style, obj = classifiers
+    torch.save({"model": style}, tmp_path / "style.pt")
+    save_file({f"module.{k}": v for k, v in obj.items()}, tmp_path / "object.safetensors")
+    images = np.random.default_rng(0).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    want = timm_forward(style, x).argmax(1).numpy(), timm_forward(obj, x).argmax(1).numpy()
+    for s, o in (("style.safetensors", "object.pth"), ("style.pt", "object.safetensors")):
+        folder = root if s == "style.safetensors" else tmp_path
+        judge = ViTJudge(ViTJudgeConfig(style=str(folder / s), object=str(root / o) if o ==
+                                        "object.pth" else str(tmp_path / o), heads=HEADS,
+                                        batch_size=2))
+        got = judge.predict(images)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    assert judge.style_set == "styles_unlearning" and len(judge.style_labels) == 51
+    assert "none" in judge.style_labels and "Seed_Images" not in judge.style_labels
+    small = judge.predict(images[:, ::2, ::2])  # other sizes are resized (bicubic) first
+    assert small[0].shape == (5,)
+
+
+def test_bad_classifiers_say_what_is_wrong(classifiers, tmp_path):
+    root, style, obj = classifiers
+    with pytest.raises(FileNotFoundError, match="nowhere/style.pth"):
+        load_timm_vit(tmp_path / "nowhere" / "style.pth")
+    save_file(timm_state(30), tmp_path / "s30.safetensors")
+    bad = ViTJudgeConfig(style=str(tmp_path / "s30.safetensors"), object=str(root / "object.pth"),
+                         heads=HEADS)
+    with pytest.raises(ValueError, match="30 classes.*styles_60 has 61, styles_unlearning 51"):
+        bad.style_set()
+    with pytest.raises(ValueError, match="30 classes.*styles_60 has 61, styles_unlearning 51"):
+        ViTJudge(bad)
+    with pytest.raises(ValueError, match="object classifier .* has 51 classes; UnlearnCanvas has 20"):
+        ViTJudgeConfig(style=str(root / "style.safetensors"),
+                       object=str(root / "style.safetensors")).style_set()
+    broken = {k: v for k, v in style.items() if k != "blocks.1.mlp.fc2.bias"}
+    broken["fc_norm.weight"] = torch.ones(HIDDEN)
+    save_file(broken, tmp_path / "broken.safetensors")
+    with pytest.raises(ValueError, match=r"missing \['blocks.1.mlp.fc2.bias'\], unexpected "
+                                         r"\['fc_norm.weight'\]"):
+        load_timm_vit(tmp_path / "broken.safetensors", heads=HEADS)
+    with pytest.raises(ValueError, match="does not split into 3 heads"):
+        load_timm_vit(root / "style.safetensors", heads=3)
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole_model.pth")
+    with pytest.raises(ValueError, match="save model.state_dict"):
+        load_timm_vit(tmp_path / "whole_model.pth")
+
+
+def test_the_judge_judges_a_stable_diffusion_grid_and_its_metrics(classifiers, tiny_sd_dir):
+    from saeuron.pipeline import load_pipeline
+    from saeuron.sae import SAEConfig, SparseAutoencoder
+    from saeuron.unlearning import unlearned_grid, unlearning_metrics
+
+    root, _, _ = classifiers
+    judge = ViTJudge(ViTJudgeConfig(style=str(root / "style.safetensors"),
+                                    object=str(root / "object.pth"), heads=HEADS))
+    grid = replace(unlearncanvas_grid(style_set="styles_unlearning"), objects=("Cats", "Dogs"),
+                   styles=("Monet", "Cubism"))
+    pipe = load_pipeline(tiny_sd_dir)
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=32, expansion_factor=2, k=4))
+    result = unlearned_grid(pipe, judge, sae, "up_blocks.1.attentions.0", None, (1, 2),
+                            num_steps=2, guidance=2.0, grid=grid)
+    assert result.styles == ("Monet", "Cubism", "none") and result.objects == ("Cats", "Dogs")
+    assert result.images.shape[:3] == (2, 3, 2)
+    style, obj = judge.predict(result.images.reshape((-1,) + result.images.shape[3:]))
+    names = [judge.style_labels[i] for i in style]
+    want = [result.styles.index(n) if n in result.styles else -1 for n in names]
+    np.testing.assert_array_equal(result.style_pred.ravel(), want)
+    want = [result.objects.index(judge.object_labels[i]) if judge.object_labels[i] in
+            result.objects else -1 for i in obj]
+    np.testing.assert_array_equal(result.object_pred.ravel(), want)
+    metrics = unlearning_metrics(result, "style", ["Monet"])
+    assert set(metrics) == {"UA", "IRA", "CRA"}
+    assert metrics["CRA"] == result.object_accuracy
+    with pytest.raises(ValueError, match="cannot name the unlearncanvas grid's style.*Techno"):
+        unlearned_grid(pipe, judge, sae, "up_blocks.1.attentions.0", None, (1,), num_steps=2,
+                       guidance=2.0, grid=replace(grid, styles=("Techno",)))
+
+
+def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_sd_dir, tmp_path,
+                                                              prefect_api, monkeypatch):
+    from flows.evaluate import evaluate
+    from flows.score import score
+    from saeuron.run import RunConfig
+    from saeuron.sae import SAEConfig, SparseAutoencoder
+    from saeuron.scoring import ScoreConfig
+    from saeuron.unlearning import EvaluateConfig
+    from stores import HOOK, as_harvested, synthetic_store
+
+    root, _, _ = classifiers
+    store = str(tmp_path / "acts.zarr")
+    synthetic_store(store, n=24, f=32, objects=("Cats", "Dogs"), styles=("none", "Monet", "Cubism"))
+    layout = as_harvested(tmp_path, store)
+    torch.manual_seed(0)
+    SparseAutoencoder(SAEConfig(d_in=32, expansion_factor=2, k=4)).save(tmp_path / "sae" / HOOK)
+    layout.finish("train", "sae-0", {"sae": str(tmp_path / "sae" / HOOK)}, {}, 0.0, upstream={})
+    run = RunConfig(root=str(tmp_path))
+    score(ScoreConfig(hook=HOOK, top_n=2, exclusive=False), run)
+    small = replace(unlearncanvas_grid(style_set="styles_unlearning"), objects=("Cats", "Dogs"),
+                    styles=("Monet", "Cubism"))
+    monkeypatch.setattr(EvaluateConfig, "concept_grid", lambda self: small)  # 51 x 20: 45 s here
+    config = EvaluateConfig(model=str(tiny_sd_dir), grid="unlearncanvas", hook=HOOK,
+                            classifier=ViTJudgeConfig(style=str(root / "style.safetensors"),
+                                                      object=str(root / "object.pth"), heads=HEADS),
+                            style_sets=[], num_steps=2, guidance=2.0)
+    manifest = evaluate(config, run)
+    rows = {name: json.loads((tmp_path / "eval" / name / "metrics.json").read_text())["row"]
+            for name in ("baseline", "Monet", "Cubism", "Cats", "Dogs")}
+    assert all(0 <= rows[n][m] <= 1 for n in ("Monet", "Cats") for m in ("UA", "IRA", "CRA"))
+    assert [s["domain"] for s in manifest["metrics"]["summary"]] == ["style", "object"]
+    assert "| Monet |" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_the_sd_config_names_the_classifiers_and_the_grids_must_agree():
+    from pathlib import Path
+
+    from saeuron.run import PipelineConfig
+    from saeuron.unlearning import EvaluateConfig
+
+    config = PipelineConfig.from_yaml(Path(__file__).parents[1] / "configs" / "sd-unlearncanvas.yaml")
+    assert config.evaluate.grid == "unlearncanvas" and config.evaluate.classifier is not None
+    data = config.model_dump()
+    data["evaluate"] |= {"grid": "minicanvas", "classifier": None}
+    with pytest.raises(ValueError, match="evaluate.grid 'minicanvas' differs from harvest.grid"):
+        PipelineConfig.model_validate(data)
+    with pytest.raises(ValueError, match="set evaluate.classifier"):
+        EvaluateConfig(grid="unlearncanvas")
+    with pytest.raises(FileNotFoundError, match="/models/unlearncanvas-classifiers/object.pth"):
+        config.evaluate.concept_grid()
