@@ -31,16 +31,17 @@ def main() -> None:
     args = parser.parse_args()
     config = PipelineConfig.from_yaml(f"{args.root}/config.yaml")
     layout = RunLayout(root=args.root, stores=config.run.stores)
-    hook, ev = config.evaluate.hook, config.evaluate
-    folder = layout.sae_dir / hook
-    sae = SparseAutoencoder.load(folder)
-    _, mean_all, domains = read_features(layout.features(hook), sae_fingerprint(folder))
+    ev = config.evaluate
     pipe, judge = load_pipeline(config.harvest.model_path()), Judge.load(JUDGE_DIR)
     print("| target | UA (+1) | UA (-1) | IRA (+1) | IRA (-1) | CRA (+1) | CRA (-1) |")
     print("|---|---|---|---|---|---|---|")
     totals = {sign: {m: 0.0 for m in METRICS} for sign in (1, -1)}
     targets = [("style", s) for s in args.styles] + [("object", o) for o in args.objects]
     for domain, concept in targets:
+        hook = getattr(config.score.hooks, domain)
+        folder = layout.sae_dir / hook
+        sae = SparseAutoencoder.load(folder)
+        _, mean_all, domains = read_features(layout.features(hook), sae_fingerprint(folder))
         edit = concept_edit(mean_all, domains, domain, [concept])
         got = {}
         for sign in (1, -1):

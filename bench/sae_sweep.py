@@ -11,6 +11,7 @@ import itertools
 import tempfile
 import time
 
+from saeuron.minicanvas import STYLE_HOOK
 from saeuron.sae_train import SAETrainConfig, SAETrainer
 from storage.activations import ActivationStore
 
@@ -18,6 +19,7 @@ from storage.activations import ActivationStore
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", required=True)
+    parser.add_argument("--hook", default=STYLE_HOOK)
     parser.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--expansion", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--epochs", type=int, default=1)
@@ -26,7 +28,7 @@ def main() -> None:
     parser.add_argument("--dead-after", type=int, default=1_000_000)
     args = parser.parse_args()
     store = ActivationStore.open(args.store)
-    print(f"store {args.store}: {store.n_samples} samples, width {next(iter(store.spec.hooks.values()))[1]}")
+    print(f"store {args.store}: {store.n_samples} samples, hook {args.hook}, width {store.spec.hooks[args.hook][1]}")
     print("| expansion | latents | k | lr | batch | epochs | held-out FVU | L0 | dead | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for expansion, k, lr in itertools.product(args.expansion, args.k, args.lr):
@@ -36,7 +38,7 @@ def main() -> None:
                              checkpoint_every=10_000_000)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            trainer = SAETrainer(store, cfg, tmp, log=lambda _: None)
+            trainer = SAETrainer(store, cfg, args.hook, tmp, log=lambda _: None)
             trainer.run()
             wall = time.perf_counter() - start
             m = trainer.evaluate()

@@ -47,14 +47,14 @@ def synthetic_store(url: str, samples: int = 512, timesteps: int = 20, positions
 
 
 def streamed(store: ActivationStore, cfg: SAETrainConfig, workdir: str) -> float:
-    trainer = SAETrainer(store, cfg, workdir, log=lambda _: None)
+    trainer = SAETrainer(store, cfg, HOOK, workdir, log=lambda _: None)
     start = time.perf_counter()
     trainer.run()
     return trainer.stream.vectors_per_epoch / (time.perf_counter() - start)
 
 
 def in_memory(store: ActivationStore, cfg: SAETrainConfig, workdir: str) -> float:
-    trainer = SAETrainer(store, cfg, workdir, log=lambda _: None)
+    trainer = SAETrainer(store, cfg, HOOK, workdir, log=lambda _: None)
     train = store.group[HOOK][:][trainer.stream.samples]
     data = torch.from_numpy(train.reshape(-1, trainer.sae_cfg.d_in).astype(np.float32))
     g = torch.Generator().manual_seed(0)

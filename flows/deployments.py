@@ -28,9 +28,9 @@ ENTRYPOINTS = {"pipeline": "flows/pipeline.py:pipeline", "harvest": "flows/harve
                "evaluate": "flows/evaluate.py:evaluate"}
 DESCRIPTIONS = {
     "pipeline": "Harvest, train, score and evaluate, each stage cached by its inputs.",
-    "harvest": "Sample the concept grid and store the hooked block's activations in Zarr.",
-    "train": "Train the hook's TopK SAE, streamed from the activation store.",
-    "score": "Score SAE features per concept with Dask into the feature store.",
+    "harvest": "Sample the concept grid and store the hooked blocks' activations in Zarr.",
+    "train": "Train a TopK SAE per hook, streamed from the activation store.",
+    "score": "Score SAE features per concept with Dask into the feature stores.",
     "evaluate": "Unlearn each target concept and report UA / IRA / CRA.",
 }
 

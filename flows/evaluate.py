@@ -19,7 +19,7 @@ from flows.stage import cached, layout_of
 from saeuron.run import RunConfig
 from saeuron.threads import torch_threads
 from saeuron.unlearning import EvaluateConfig
-from storage.features import read_features
+from storage.features import DOMAINS, read_features
 from storage.run import fingerprint
 from tasks.evaluate import unlearn_target
 
@@ -84,8 +84,8 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
     logger = get_run_logger()
     layout = layout_of(run)
     scored = layout.upstream("score", "evaluate")
-    features_url = scored["outputs"]["features"]
-    _, _, domains = read_features(features_url)
+    features = {d: scored["outputs"][d] for d in DOMAINS}
+    domains = {d: read_features(url)[2][d] for d, url in features.items()}
     targets = config.targets(domains, config.concept_grid())
     fp = fingerprint("evaluate", config.model_dump(mode="json", exclude={"device"}),
                      scored["fingerprint"])
@@ -93,8 +93,7 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
         return hit
     out_dir = layout.eval_dir
     layout.begin("evaluate", fp, [str(out_dir)], force)
-    common = dict(config=config, sae_dir=str(layout.sae_dir), features_url=features_url,
-                  out_dir=str(out_dir))
+    common = dict(config=config, sae_dir=str(layout.sae_dir), out_dir=str(out_dir))
     progress = create_progress_artifact(0.0, key="evaluate-progress",
                                         description="Unlearning targets evaluated")
     jobs = [(None, [], "baseline")] + targets
@@ -109,7 +108,8 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
                 logger.info(f"{name}: done before, {rows[name]}")
             else:
                 futures[runner.submit(unlearn_target, parameters=dict(
-                    domain=domain, concepts=concepts, name=name, **common))] = name
+                    domain=domain, concepts=concepts, name=name,
+                    features_url=features[domain or "style"], **common))] = name
         update_progress_artifact(progress, 100.0 * len(rows) / len(jobs))
         for future in as_completed(list(futures)):
             name = futures[future]

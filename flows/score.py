@@ -17,23 +17,32 @@ from tasks.score import score_features
 @flow(name="score")
 def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
           force: bool = False) -> dict:
-    """Score the SAE of `config.hook` on the held-out split into the run's feature store."""
+    """Score each domain's SAE on the held-out split into the run's feature stores (one per
+    hook, holding the domains that hook removes)."""
     start = time.time()
     layout = layout_of(run)
     harvested = layout.upstream("harvest", "score")
     trained = layout.upstream("train", "score")
+    by_hook = config.hooks.by_hook()
+    untrained = [h for h in by_hook if h not in trained["outputs"]]
+    if untrained:
+        raise ValueError(f"score.hooks name {untrained[0]!r}, but the train stage trained "
+                         f"{sorted(trained['outputs'])}")
     fp = fingerprint("score", config.model_dump(mode="json"), harvested["fingerprint"],
                      trained["fingerprint"])
     if hit := cached(layout, "score", fp, force):
         return hit
-    out = layout.features(config.hook)
-    layout.begin("score", fp, [out], force)
-    summary = score_features(harvested["outputs"]["score"], str(layout.sae_dir), out, config,
-                             run.dask_address, model=harvested["metrics"].get("model"))
-    create_table_artifact([summary], key="score-summary", description="Selected features")
-    return layout.finish("score", fp, {"features": out}, summary, time.time() - start,
-                         upstream={"harvest": harvested["fingerprint"],
-                                   "train": trained["fingerprint"]})
+    urls = {hook: layout.features(hook) for hook in by_hook}
+    layout.begin("score", fp, list(urls.values()), force)
+    summaries = [score_features(harvested["outputs"]["score"], str(layout.sae_dir), urls[hook],
+                                config, hook, domains, run.dask_address,
+                                model=harvested["metrics"].get("model"))
+                 for hook, domains in by_hook.items()]
+    create_table_artifact(summaries, key="score-summary", description="Selected features")
+    outputs = {domain: urls[hook] for hook, domains in by_hook.items() for domain in domains}
+    return layout.finish("score", fp, outputs, {s["hook"]: s for s in summaries},
+                         time.time() - start, upstream={"harvest": harvested["fingerprint"],
+                                                        "train": trained["fingerprint"]})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The train flow: the SAE of the configured hook, streamed from the run's training split."""
+"""The train flow: one SAE per configured hook, streamed from the run's training split."""
 
 from __future__ import annotations
 
@@ -18,23 +18,25 @@ from tasks.train import train_sae
 @flow(name="train")
 def train(config: SAETrainConfig = SAETrainConfig(), run: RunConfig = RunConfig(),
           force: bool = False) -> dict:
-    """Train the SAE of `config.hook` (resuming from its last checkpoint)."""
+    """Train the SAE of each of `config.hooks` (resuming from its last checkpoint)."""
     start = time.time()
     layout = layout_of(run)
     upstream = layout.upstream("harvest", "train")
     store_url = upstream["outputs"]["harvest"]
     store = ActivationStore.open(store_url)
-    if config.hook not in store.spec.hooks:
-        raise ValueError(f"{store_url} has no hook {config.hook!r}; it holds {sorted(store.spec.hooks)}")
+    missing = [h for h in config.hooks if h not in store.spec.hooks]
+    if missing:
+        raise ValueError(f"{store_url} has no hook {missing[0]!r}; it holds {sorted(store.spec.hooks)}")
     fp = fingerprint("train", config.model_dump(mode="json"), upstream["fingerprint"])
     if hit := cached(layout, "train", fp, force):
         return hit
-    folder = layout.sae_dir / config.hook
-    layout.begin("train", fp, [str(folder)], force)
-    result = train_sae(store_url, config, str(layout.sae_dir))
-    create_table_artifact([result], key="train-summary", description="SAE held-out metrics")
-    return layout.finish("train", fp, {"sae": str(folder)}, result, time.time() - start,
-                         upstream={"harvest": upstream["fingerprint"]})
+    folders = {hook: str(layout.sae_dir / hook) for hook in config.hooks}
+    layout.begin("train", fp, list(folders.values()), force)
+    results = [train_sae(store_url, config.for_hook(hook), hook, str(layout.sae_dir))
+               for hook in config.hooks]
+    create_table_artifact(results, key="train-summary", description="SAE held-out metrics")
+    return layout.finish("train", fp, folders, {r["hook"]: r for r in results},
+                         time.time() - start, upstream={"harvest": upstream["fingerprint"]})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ import saeuron
 from saeuron.capture import Capture, resolve_blocks
 from saeuron.config import Config
 from saeuron.grid import ConceptGrid, get_grid
-from saeuron.minicanvas import MODEL_DIR
+from saeuron.minicanvas import MODEL_DIR, OBJECT_HOOK, STYLE_HOOK
 from saeuron.pipeline import Pipeline, load_pipeline
 from saeuron.sampling import sample, schedule_timesteps
 from saeuron.threads import torch_threads
@@ -44,8 +44,9 @@ class HarvestConfig(Config):
     templates: int | None = Field(None, ge=1, description="Templates per cell (default: all).")
     split: Literal["harvest", "score", "eval"] = Field("harvest", description="Seed range used.")
     n_seeds: int = Field(2, ge=1, le=100_000, description="Seeds per prompt.")
-    hooks: list[str] = Field(["up_blocks.1.attentions.1"], min_length=1,
-                             description="UNet blocks to capture, by module path.")
+    hooks: list[str] = Field([STYLE_HOOK, OBJECT_HOOK], min_length=1,
+                             description="UNet blocks to capture, by module path (default: "
+                             "MiniCanvas's style and object blocks).")
     capture: Literal["output", "delta"] = Field("output", description="Block output, or output "
                                                 "minus input.")
     num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")

@@ -11,8 +11,7 @@ from saeuron.grid import NO_STYLE
 from saeuron.harvest import HarvestConfig, prepare
 from saeuron.sae import SAEConfig
 from saeuron.sae_train import SAETrainConfig
-from saeuron.scoring import ScoreConfig
-from saeuron.sweep import SweepConfig
+from saeuron.scoring import DOMAINS, ScoreConfig, default_sweeps
 from saeuron.unlearning import EvaluateConfig
 
 STAGES = ("harvest", "train", "score", "evaluate")
@@ -40,7 +39,7 @@ class PipelineConfig(Config):
     score_seeds: int = Field(1, ge=1, le=100_000, description="Seeds per prompt of the held-out "
                              "scoring split (harvested with the same options).")
     train: SAETrainConfig = Field(default_factory=SAETrainConfig, description="SAE training.")
-    score: ScoreConfig = Field(default_factory=lambda: ScoreConfig(sweep=SweepConfig()),
+    score: ScoreConfig = Field(default_factory=lambda: ScoreConfig(sweep=default_sweeps()),
                                description="Feature scoring and selection (by default with the "
                                "per-concept sweep of n and multiplier).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Unlearning "
@@ -48,15 +47,16 @@ class PipelineConfig(Config):
     force: list[Stage] = Field([], description="Stages to rerun even when cached.")
 
     @model_validator(mode="after")
-    def _one_hook(self) -> "PipelineConfig":
-        hook = self.train.hook
-        if hook not in self.harvest.hooks:
-            raise ValueError(f"train.hook {hook!r} is not harvested; harvest.hooks are "
-                             f"{self.harvest.hooks}")
-        for stage in ("score", "evaluate"):
-            other = getattr(self, stage).hook
-            if other != hook:
-                raise ValueError(f"{stage}.hook {other!r} differs from train.hook {hook!r}")
+    def _hooks_agree(self) -> "PipelineConfig":
+        for hook in self.train.hooks:
+            if hook not in self.harvest.hooks:
+                raise ValueError(f"train.hooks: {hook!r} is not harvested; harvest.hooks are "
+                                 f"{self.harvest.hooks}")
+        for domain in DOMAINS:
+            hook = getattr(self.score.hooks, domain)
+            if hook not in self.train.hooks:
+                raise ValueError(f"score.hooks.{domain} {hook!r} has no SAE; train.hooks are "
+                                 f"{self.train.hooks}")
         if self.harvest.split != "harvest":
             raise ValueError(f"harvest.split must be 'harvest' in a pipeline (the scoring split "
                              f"is harvested with score_seeds), got {self.harvest.split!r}")
@@ -74,12 +74,16 @@ def check_pipeline(cfg: PipelineConfig) -> None:
     """Every check that needs the model but no sampling, so a bad run fails in seconds."""
     harvested = prepare(cfg.harvest)
     prepare(cfg.score_harvest())
-    width = harvested.spec.hooks[cfg.train.hook][1]
-    sae = SAEConfig(d_in=width, expansion_factor=cfg.train.expansion_factor, k=cfg.train.k)
-    for name, n in [("score.top_n", cfg.score.top_n)] + [
-            ("score.sweep.top_n", n) for n in (cfg.score.sweep.top_n if cfg.score.sweep else [])]:
-        if n is not None and n > sae.n_latents:
-            raise ValueError(f"{name} {n} exceeds the SAE's {sae.n_latents} latents")
+    for domain in DOMAINS:
+        hook = getattr(cfg.score.hooks, domain)
+        sae = SAEConfig(d_in=harvested.spec.hooks[hook][1],
+                        expansion_factor=cfg.train.expansion_factor, k=cfg.train.k)
+        sweep = getattr(cfg.score.sweep, domain)
+        for name, n in [("score.top_n", cfg.score.top_n)] + [
+                (f"score.sweep.{domain}.top_n", n) for n in (sweep.top_n if sweep else [])]:
+            if n is not None and n > sae.n_latents:
+                raise ValueError(f"{name} {n} exceeds the {sae.n_latents} latents of the SAE "
+                                 f"of {hook}")
     table = harvested.table
     for domain, asked in (("style", cfg.evaluate.styles), ("object", cfg.evaluate.objects),
                           ("style", [s for group in cfg.evaluate.style_sets for s in group])):

@@ -20,6 +20,7 @@ import torch
 from pydantic import Field, model_validator
 
 from saeuron.config import Config
+from saeuron.minicanvas import OBJECT_HOOK, STYLE_HOOK
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import SweepConfig
 from storage.activations import ActivationStore
@@ -146,8 +147,35 @@ def select_features(scores: np.ndarray, *, percentile: float | None = None,
     return scores > np.percentile(scores, percentile, axis=-1, keepdims=True)
 
 
+class DomainHooks(Config):
+    style: str = Field(STYLE_HOOK, description="Block whose SAE removes styles.")
+    object: str = Field(OBJECT_HOOK, description="Block whose SAE removes objects.")
+
+    def by_hook(self) -> dict[str, list[str]]:
+        """Hook -> the domains its SAE removes, in DOMAINS order."""
+        out: dict[str, list[str]] = {}
+        for domain in DOMAINS:
+            out.setdefault(getattr(self, domain), []).append(domain)
+        return out
+
+
+class DomainSweeps(Config):
+    style: SweepConfig | None = Field(None, description="Sweep of the style concepts (None: "
+                                      "top_n and multiplier for all).")
+    object: SweepConfig | None = Field(None, description="Sweep of the object concepts.")
+
+
+def default_sweeps() -> DomainSweeps:
+    """The pipeline's sweep: objects need more features and stronger multipliers than styles
+    (measured on MiniCanvas, BENCHMARKS.md)."""
+    return DomainSweeps(style=SweepConfig(), object=SweepConfig(top_n=[10, 20, 40],
+                                                                multipliers=[-5, -10, -20]))
+
+
 class ScoreConfig(Config):
-    hook: str = Field("up_blocks.1.attentions.1", description="Block whose SAE is scored.")
+    hooks: DomainHooks = Field(default_factory=DomainHooks, description="Block whose SAE is "
+                               "scored for, and removes, each domain's concepts (the paper "
+                               "also uses one block for objects and another for styles).")
     percentile: float | None = Field(None, ge=0, lt=100, description="Select features above "
                                      "this percentile of each timestep's scores.")
     top_n: int | None = Field(3, ge=1, description="Or select the n best features per timestep.")
@@ -155,8 +183,9 @@ class ScoreConfig(Config):
     exclusive: bool = Field(True, description="Select a feature for a concept only where that "
                             "concept has its highest mean activation (an addition to the paper: "
                             "keeps features shared by all concepts out; see BENCHMARKS.md).")
-    sweep: SweepConfig | None = Field(None, description="Choose top_n and multiplier per "
-                                      "concept on validation prompts (samples the model).")
+    sweep: DomainSweeps = Field(default_factory=DomainSweeps, description="Choose top_n and "
+                                "multiplier per concept on validation prompts (samples the "
+                                "model), per domain.")
 
     @model_validator(mode="after")
     def _one_selection(self) -> "ScoreConfig":

@@ -29,15 +29,13 @@ VAL_SEED_BASE = 500_000
 
 
 class SweepConfig(Config):
-    domains: list[Literal["style", "object"]] = Field(["style", "object"], min_length=1,
-                                                      description="Domains whose concepts are swept.")
-    top_n: list[int] = Field([1, 3], min_length=1, description="Candidate features per "
+    top_n: list[int] = Field([1, 3, 10], min_length=1, description="Candidate features per "
                              "timestep.")
-    multipliers: list[float] = Field([-1.0, -3.0, -10.0], min_length=1,
+    multipliers: list[float] = Field([-3.0, -10.0, -30.0], min_length=1,
                                      description="Candidate gammas (negative).")
     n_seeds: int = Field(1, ge=1, le=100, description="Validation seeds per cell.")
-    own: int = Field(5, ge=1, le=11, description="Cells of the concept judged per seed, for UA.")
-    others: int = Field(5, ge=1, le=110, description="Cells of the domain's other concepts "
+    own: int = Field(6, ge=1, le=11, description="Cells of the concept judged per seed, for UA.")
+    others: int = Field(6, ge=1, le=110, description="Cells of the domain's other concepts "
                         "judged per seed, for IRA.")
     num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
     guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")

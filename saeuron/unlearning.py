@@ -83,7 +83,6 @@ class EvaluateConfig(Config):
                                               "unlearncanvas grid; None: the MiniCanvas judge.")
     device: str = Field("cpu", description="torch device of sampling and judging (not part of "
                         "the results' fingerprint).")
-    hook: str = Field("up_blocks.1.attentions.1", description="Block edited by the SAE.")
     styles: list[str] | None = Field(None, description="Style targets, one at a time "
                                      "(default: every named style).")
     objects: list[str] | None = Field(None, description="Object targets, one at a time "

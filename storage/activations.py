@@ -3,6 +3,7 @@
 Layout (one group, so `xarray.open_zarr(url)` opens it whole):
 
     <hook>            (sample, timestep, position, feature) float16, one chunk = whole samples
+                      (hooks of different shapes: (sample, timestep, position_P, feature_F))
     timestep          (timestep,)  the scheduler's timestep values, not step indices
     sample            (sample,)    row of the prompt table
     prompt, object, style, template, seed   (sample,) per-sample labels
@@ -57,12 +58,17 @@ class StoreSpec:
     dtype: str = "float16"
 
     def __post_init__(self) -> None:
-        shapes = set(self.hooks.values())
-        if len(shapes) > 1:
-            raise ValueError(f"hooks of different (position, feature) shapes {self.hooks} cannot "
-                             "share one store's dimensions; harvest them into separate stores")
         if not self.hooks or not self.timesteps:
             raise ValueError("a store needs at least one hook and one timestep")
+
+    def dims(self, hook: str) -> tuple[str, str, str, str]:
+        """A hook's dimension names. Hooks of one shape share `position` and `feature`; when
+        shapes differ the names carry their sizes (`position_16`, `feature_128`), so that
+        xarray still opens the store as one dataset."""
+        if len(set(self.hooks.values())) == 1:
+            return DIMS
+        positions, features = self.hooks[hook]
+        return DIMS[:2] + (f"position_{positions}", f"feature_{features}")
 
     def units(self, n_samples: int) -> int:
         return math.ceil(n_samples / self.samples_per_chunk)
@@ -111,11 +117,14 @@ class ActivationStore:
             group.create_array(hook, shape=(n, len(spec.timesteps), positions, features),
                                chunks=(spc, len(spec.timesteps), positions, features),
                                dtype=spec.dtype, compressors=CODECS[codec], fill_value=0,
-                               dimension_names=DIMS,
+                               dimension_names=spec.dims(hook),
                                attributes={"coordinates": " ".join(LABELS)})
         cls._coord(group, "timestep", np.asarray(spec.timesteps, np.int64), "timestep")
         cls._coord(group, "sample", np.asarray(table.index, np.int64), "sample")
-        cls._coord(group, "position", np.arange(next(iter(spec.hooks.values()))[0]), "position")
+        for hook, (positions, _) in spec.hooks.items():
+            dim = spec.dims(hook)[2]
+            if dim not in group:
+                cls._coord(group, dim, np.arange(positions), dim)
         for label in LABELS:
             values = table[label].to_numpy()
             if values.dtype != object:

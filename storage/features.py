@@ -3,7 +3,7 @@
 Layout (Zarr v3; each domain group opens with `xarray.open_zarr(url, group=domain)`):
 
     mean_all                      (timestep, feature)   mean over every scored sample
-    <domain>/timestep, concept    coordinates           domain in {style, object}
+    <domain>/timestep, concept    coordinates           the domains this hook removes
     <domain>/mean                 (concept, timestep, feature)
     <domain>/count                (concept,)
     <domain>/score                (concept, timestep, feature)
@@ -87,7 +87,7 @@ def read_features(url: str, sae_fp: str | None = None) -> tuple[dict[str, Any], 
         raise ValueError(f"the feature store {url} was scored with another SAE (fingerprint "
                          f"{attrs['sae_fingerprint'][:12]}, this SAE is {sae_fp[:12]}); score again")
     domains = {}
-    for name in DOMAINS:
+    for name in (d for d in DOMAINS if d in group):
         sub = group[name]
         domains[name] = DomainFeatures(
             concepts=[str(c) for c in sub["concept"][:]],

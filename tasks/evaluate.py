@@ -17,14 +17,16 @@ from storage.features import read_features, sae_fingerprint
 @task(name="unlearn-target", task_run_name="unlearn-{domain}-{name}")
 def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, domain: str | None,
                    concepts: list[str], name: str, out_dir: str) -> dict:
-    """Metrics of one target (domain None: the unedited baseline); writes its image grid."""
+    """Metrics of one target (domain None: the unedited baseline); writes its image grid.
+    `features_url`: the feature store of the block that removes the target's domain."""
     logger = get_run_logger()
-    folder = Path(sae_dir) / config.hook
+    hook = read_features(features_url)[0]["hook"]
+    folder = Path(sae_dir) / hook
     sae = SparseAutoencoder.load(folder, device=config.device)
     _, mean_all, domains = read_features(features_url, sae_fingerprint(folder))
     edit = concept_edit(mean_all, domains, domain, concepts) if domain else None
     pipe = load_pipeline(HarvestConfig(model=config.model).model_path(), device=config.device)
-    result = unlearned_grid(pipe, config.judge(), sae, config.hook, edit, tuple(config.seeds()),
+    result = unlearned_grid(pipe, config.judge(), sae, hook, edit, tuple(config.seeds()),
                             num_steps=config.num_steps, guidance=config.guidance,
                             error_sign=config.error_sign, grid=config.concept_grid(),
                             batch_size=config.batch_size)

@@ -21,27 +21,29 @@ from storage.activations import ActivationStore
 from storage.features import DomainFeatures, sae_fingerprint, write_features
 
 
-@task(name="score-features", task_run_name="score-{config.hook}")
-def score_features(store_url: str, sae_dir: str, out_url: str, config: ScoreConfig,
-                   dask_address: str | None = None, model: str | None = None) -> dict:
-    """Encode the held-out store with the SAE (Dask), score, select (and sweep, sampling
-    `model`), write the feature store; returns the summary."""
+@task(name="score-features", task_run_name="score-{hook}")
+def score_features(store_url: str, sae_dir: str, out_url: str, config: ScoreConfig, hook: str,
+                   domains: list[str], dask_address: str | None = None,
+                   model: str | None = None) -> dict:
+    """Encode the held-out store with the SAE of `hook` (Dask), score and select the concepts of
+    `domains` (sweeping those configured, sampling `model`), write the feature store; returns the
+    summary."""
     logger = get_run_logger()
-    folder = Path(sae_dir) / config.hook
+    folder = Path(sae_dir) / hook
     sae = SparseAutoencoder.load(folder)
     store = ActivationStore.open(store_url)
-    logger.info(f"encoding {store.n_samples} samples of {store_url} with the SAE of {config.hook}")
-    means = concept_means(store, config.hook, sae, scheduler=dask_address)
+    logger.info(f"encoding {store.n_samples} samples of {store_url} with the SAE of {hook}")
+    means = {d: m for d, m in concept_means(store, hook, sae, scheduler=dask_address).items()
+             if d in domains}
     mean_all = next(iter(means.values())).mean_all
-    domains = {name: select(m, config) for name, m in means.items()}
-    sweep_rows: list[dict] = []
-    if config.sweep is not None:
-        sweep_rows = run_sweep(means, domains, mean_all, sae, config, model)
-    write_features(out_url, hook=config.hook, sae_fp=sae_fingerprint(folder), mean_all=mean_all,
-                   domains=domains, attrs={"config": config.model_dump(mode="json"),
-                                           "sweep": sweep_rows})
-    summary = {"hook": config.hook, "samples": store.n_samples}
-    for name, d in domains.items():
+    selected = {name: select(m, config) for name, m in means.items()}
+    swept = [d for d in domains if getattr(config.sweep, d) is not None]
+    sweep_rows = run_sweep(means, selected, swept, mean_all, sae, hook, config, model) if swept else []
+    write_features(out_url, hook=hook, sae_fp=sae_fingerprint(folder), mean_all=mean_all,
+                   domains=selected, attrs={"config": config.model_dump(mode="json"),
+                                            "sweep": sweep_rows})
+    summary = {"hook": hook, "samples": store.n_samples}
+    for name, d in selected.items():
         summary[f"{name}_concepts"] = len(d.concepts)
         summary[f"{name}_features_per_step"] = round(float(d.selected.sum(-1).mean()), 2)
     logger.info(f"feature store written to {out_url}: {summary}")
@@ -59,21 +61,23 @@ def select(m: ConceptMeans, config: ScoreConfig, top_n: int | None = None) -> Do
 
 
 def run_sweep(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures],
-              mean_all: np.ndarray, sae: SparseAutoencoder, config: ScoreConfig,
-              model: str | None) -> list[dict]:
+              swept: list[str], mean_all: np.ndarray, sae: SparseAutoencoder, hook: str,
+              config: ScoreConfig, model: str | None) -> list[dict]:
     """Choose (top_n, multiplier) per concept of the swept domains, in place; the sweep's rows.
     Concepts are swept in parallel threads, each with its own copy of the model."""
     logger = get_run_logger()
     if model is None:
         raise ValueError("the sweep samples the model: give the model path")
-    cfg, judge = config.sweep, Judge.load(JUDGE_DIR)
+    judge = Judge.load(JUDGE_DIR)
+    workers = max(getattr(config.sweep, name).workers for name in swept)
     pipes: Queue = Queue()
-    for _ in range(cfg.workers):
+    for _ in range(workers):
         pipes.put(load_pipeline(model))
     jobs = []
-    for name in cfg.domains:
+    for name in swept:
         d, m = domains[name], means[name]
-        candidates = {n: select(m, config, top_n=n).selected for n in cfg.top_n}
+        candidates = {n: select(m, config, top_n=n).selected
+                      for n in getattr(config.sweep, name).top_n}
         jobs += [(name, c, candidates) for c, concept in enumerate(d.concepts) if concept != "none"]
 
     def sweep_one(job: tuple) -> tuple[int, float, list[dict]]:
@@ -85,12 +89,13 @@ def run_sweep(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures]
 
         pipe = pipes.get()
         try:
-            return sweep_concept(pipe, judge, sae, config.hook, name, d.concepts[c], edit, cfg)
+            return sweep_concept(pipe, judge, sae, hook, name, d.concepts[c], edit,
+                                 getattr(config.sweep, name))
         finally:
             pipes.put(pipe)
 
     rows = []
-    with torch_threads(1), ThreadPoolExecutor(cfg.workers) as pool:
+    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
         for (name, c, candidates), (n, gamma, mine) in zip(jobs, pool.map(sweep_one, jobs)):
             d = domains[name]
             d.selected[c], d.multiplier[c] = candidates[n][c], gamma

@@ -11,14 +11,14 @@ from saeuron.sae_train import SAETrainConfig, SAETrainer
 from storage.activations import ActivationStore
 
 
-@task(name="train-sae", task_run_name="train-sae-{config.hook}")
-def train_sae(store_url: str, config: SAETrainConfig, out_dir: str) -> dict:
-    """Train (or resume) the SAE of `config.hook`; save it; return held-out metrics."""
+@task(name="train-sae", task_run_name="train-sae-{hook}")
+def train_sae(store_url: str, config: SAETrainConfig, hook: str, out_dir: str) -> dict:
+    """Train (or resume) the SAE of `hook`; save it; return held-out metrics."""
     logger = get_run_logger()
-    folder = Path(out_dir) / config.hook
-    trainer = SAETrainer(ActivationStore.open(store_url), config, folder, log=logger.info)
+    folder = Path(out_dir) / hook
+    trainer = SAETrainer(ActivationStore.open(store_url), config, hook, folder, log=logger.info)
     progress = create_progress_artifact(100.0 * trainer.step / trainer.total_steps,
-                                        description=f"SAE training of {config.hook}")
+                                        description=f"SAE training of {hook}")
 
     def report(step: int, total: int, record: dict) -> None:
         update_progress_artifact(progress, 100.0 * step / total)
@@ -28,9 +28,9 @@ def train_sae(store_url: str, config: SAETrainConfig, out_dir: str) -> dict:
     sae = trainer.run(progress=report)
     sae.save(folder)
     metrics = trainer.evaluate() if len(trainer.held) else None
-    result = {"hook": config.hook, "latents": sae.cfg.n_latents, "k": sae.cfg.k,
+    result = {"hook": hook, "latents": sae.cfg.n_latents, "k": sae.cfg.k,
               "steps": trainer.step, "vectors_per_epoch": trainer.stream.vectors_per_epoch}
     if metrics:
         result.update({f"heldout_{k}": v for k, v in metrics.as_dict().items()})
-    logger.info(f"SAE of {config.hook} saved to {folder}: {result}")
+    logger.info(f"SAE of {hook} saved to {folder}: {result}")
     return result

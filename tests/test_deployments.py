@@ -52,8 +52,9 @@ def test_deploy_all_and_run_a_stage_on_a_process_worker(tmp_path, prefect_api):
     layout = as_harvested(tmp_path / "run", store)
     torch.manual_seed(0)
     SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=4, k=4)).save(layout.sae_dir / HOOK)
-    layout.finish("train", "sae-0", {"sae": str(layout.sae_dir / HOOK)}, {}, 0.0, upstream={})
-    params = {"run": {"root": str(tmp_path / "run")}, "config": {"top_n": 2}}
+    layout.finish("train", "sae-0", {HOOK: str(layout.sae_dir / HOOK)}, {}, 0.0, upstream={})
+    params = {"run": {"root": str(tmp_path / "run")},
+              "config": {"top_n": 2, "hooks": {"style": HOOK, "object": HOOK}}}
     out = _prefect("deployment", "run", "score/score", "--params", json.dumps(params), env=env)
     flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
     _prefect("worker", "start", "--pool", "saeuron", "--run-once", env=env, timeout=600)
@@ -61,4 +62,4 @@ def test_deploy_all_and_run_a_stage_on_a_process_worker(tmp_path, prefect_api):
         state = client.read_flow_run(flow_run_id).state
     assert state.is_completed(), state
     manifest = json.loads((tmp_path / "run" / "manifests" / "score.json").read_text())
-    assert manifest["metrics"]["style_concepts"] == 3
+    assert manifest["metrics"][HOOK]["style_concepts"] == 3

@@ -89,6 +89,17 @@ def test_captured_values_equal_the_block_outputs(which, fresh_pipeline_dir, tiny
     torch.testing.assert_close(head, direct, rtol=1e-4, atol=1e-4)
 
 
+def test_hooks_of_different_shapes_share_one_store(fresh_pipeline_dir, tmp_path):
+    """An 8x8 and a 4x4 block in one pass: each keeps its shape, xarray opens both."""
+    small = "up_blocks.0.attentions.1"
+    url = str(tmp_path / "acts.zarr")
+    harvest_all(small_config(fresh_pipeline_dir, hooks=[HOOK, small]), url)
+    ds = xr.open_zarr(url)
+    assert ds[HOOK].dims[2:] == ("position_64", "feature_64") and ds[HOOK].shape[2:] == (64, 64)
+    assert ds[small].dims[2:] == ("position_16", "feature_128") and ds[small].shape[2:] == (16, 128)
+    alone = harvest_all(small_config(fresh_pipeline_dir, hooks=[small]), str(tmp_path / "b.zarr"))
+    assert np.array_equal(ds[small].values, alone.group[small][:])
+
 def test_delta_is_output_minus_input(tiny_sd_dir):
     """Inside an up block, attentions.1 reads what resnets.1 wrote."""
     pipe = load_pipeline(tiny_sd_dir)

@@ -13,7 +13,7 @@ from saeuron.harvest import HarvestConfig
 from saeuron.run import RunConfig
 from saeuron.sae import SparseAutoencoder
 from saeuron.sae_train import SAETrainConfig
-from saeuron.scoring import ScoreConfig, concept_means
+from saeuron.scoring import DomainHooks, ScoreConfig, concept_means
 from storage.activations import ActivationStore
 from storage.features import read_features, sae_fingerprint
 
@@ -74,7 +74,7 @@ def test_stores_on_s3_with_dask_worker_processes(s3, fresh_pipeline_dir, tmp_pat
 
     config = HarvestConfig(model=str(fresh_pipeline_dir), objects=["circle", "star", "moon"],
                            styles=["sunset", "pop", "none"], templates=1, num_steps=3,
-                           n_seeds=2, samples_per_chunk=6)
+                           n_seeds=2, samples_per_chunk=6, hooks=[HOOK])
     local = harvest(config, RunConfig(root=str(tmp_path / "local")), score_seeds=1)
 
     root = tmp_path / "run"
@@ -83,9 +83,9 @@ def test_stores_on_s3_with_dask_worker_processes(s3, fresh_pipeline_dir, tmp_pat
         run = RunConfig(root=str(root), stores=f"s3://{BUCKET}/run",
                         dask_address=cluster.scheduler_address, shards=2)
         harvested = harvest(config, run, score_seeds=1)
-        trained = train(SAETrainConfig(expansion_factor=2, k=4, aux_k=8, batch_size=256, epochs=2,
-                                       holdout=0.2, buffer_size=512), run)
-        scored = score(ScoreConfig(top_n=2), run)
+        trained = train(SAETrainConfig(hooks=[HOOK], expansion_factor=2, k=4, aux_k=8,
+                                       batch_size=256, epochs=2, holdout=0.2, buffer_size=512), run)
+        scored = score(ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2), run)
         # Seconds of computation the workers reported, by task name: what ran on them.
         computed = client.run_on_scheduler(
             lambda dask_scheduler: {name.replace("-", "_"): p.all_durations.get("compute", 0.0)
@@ -110,9 +110,9 @@ def test_stores_on_s3_with_dask_worker_processes(s3, fresh_pipeline_dir, tmp_pat
 
     # Train read the S3 store; its SAE is local. Score ran on the cluster into S3.
     sae_folder = root / "sae" / HOOK
-    assert trained["outputs"] == {"sae": str(sae_folder)}
+    assert trained["outputs"] == {HOOK: str(sae_folder)}
     assert (sae_folder / "sae.safetensors").is_file()
-    features = scored["outputs"]["features"]
+    features = scored["outputs"]["style"]
     assert features == f"s3://{BUCKET}/run/features/{HOOK}.zarr"
     s3.invalidate_cache()
     assert [Path(p).name for p in s3.ls(f"{BUCKET}/run/features")] == [f"{HOOK}.zarr"]

@@ -148,9 +148,12 @@ def test_killed_pipeline_resumes_to_the_same_metrics(fresh_pipeline_dir, tmp_pat
 @pytest.mark.parametrize("change, message", [
     ({"train": {"k": "many"}}, "train.k: Input should be a valid integer"),
     ({"train": {"expansion_factor": 0}}, "train.expansion_factor: Input should be greater than"),
-    ({"harvest": {"hooks": ["up_blocks.9"]}}, "train.hook 'up_blocks.1.attentions.1' is not harvested"),
-    ({"harvest": {"hooks": ["up_blocks.9"]}, "train": {"hook": "up_blocks.9"},
-      "score": {"hook": "up_blocks.9"}, "evaluate": {"hook": "up_blocks.9"}}, "up_blocks.1.attentions.0"),
+    ({"harvest": {"hooks": ["up_blocks.9"]}}, "train.hooks: 'up_blocks.1.attentions.1' is not harvested"),
+    ({"train": {"hooks": ["up_blocks.1.attentions.1"]}},
+     "score.hooks.object 'up_blocks.0.attentions.0' has no SAE"),
+    ({"harvest": {"hooks": ["up_blocks.9"]}, "train": {"hooks": ["up_blocks.9"]},
+      "score": {"hooks": {"style": "up_blocks.9", "object": "up_blocks.9"}}},
+     "up_blocks.1.attentions.0"),
     ({"evaluate": {"styles": ["baroque"]}}, "unknown style target(s) ['baroque']"),
 ])
 def test_bad_configuration_is_one_message_before_any_work(change, message, tmp_path):

@@ -59,14 +59,14 @@ def test_loader_bad_input(tmp_path):
 
 
 def small_cfg(**options) -> SAETrainConfig:
-    base = dict(expansion_factor=4, k=4, aux_k=4, batch_size=32, epochs=3, dead_after=200,
+    base = dict(hooks=[HOOK], expansion_factor=4, k=4, aux_k=4, batch_size=32, epochs=3, dead_after=200,
                 buffer_size=64, holdout=0.25, metrics_every=5, checkpoint_every=5, lr=3e-3)
     return SAETrainConfig(**{**base, **options})
 
 
 def test_training_learns_the_dictionary(tmp_path):
     store = synthetic_store(str(tmp_path / "mix.zarr"), n=48)
-    trainer = SAETrainer(store, small_cfg(epochs=30), tmp_path / "sae")
+    trainer = SAETrainer(store, small_cfg(epochs=30), HOOK, tmp_path / "sae")
     before = trainer.evaluate()
     trainer.run()
     after = trainer.evaluate()
@@ -79,15 +79,15 @@ def test_training_learns_the_dictionary(tmp_path):
 def test_bad_training_input(tmp_path):
     store = synthetic_store(str(tmp_path / "mix.zarr"))
     with pytest.raises(ValueError, match="no hook 'mid_block'"):
-        SAETrainer(store, small_cfg(hook="mid_block"), tmp_path / "a")
+        SAETrainer(store, small_cfg(), "mid_block", tmp_path / "a")
     with pytest.raises(ValueError, match="k = 64 is larger than the number of latents 32"):
-        SAETrainer(store, small_cfg(k=64), tmp_path / "b")
+        SAETrainer(store, small_cfg(k=64), HOOK, tmp_path / "b")
     with pytest.raises(ValueError, match="selects no sample"):
-        SAETrainer(store, small_cfg(holdout=0.999), tmp_path / "c")
-    SAETrainer(store, small_cfg(epochs=1), tmp_path / "d").run()
+        SAETrainer(store, small_cfg(holdout=0.999), HOOK, tmp_path / "c")
+    SAETrainer(store, small_cfg(epochs=1), HOOK, tmp_path / "d").run()
     wide = synthetic_store(str(tmp_path / "wide.zarr"), f=16)
     with pytest.raises(ValueError, match="width 8, but hook .* has width 16"):
-        SAETrainer(wide, small_cfg(epochs=1), tmp_path / "d")
+        SAETrainer(wide, small_cfg(epochs=1), HOOK, tmp_path / "d")
 
 
 def _train_cmd(cfg_file: Path, root: Path) -> list[str]:

@@ -7,7 +7,7 @@ import xarray as xr
 
 from saeuron.run import RunConfig
 from saeuron.sae import SAEConfig, SparseAutoencoder
-from saeuron.scoring import ScoreConfig
+from saeuron.scoring import DomainHooks, ScoreConfig
 from storage.features import read_features, sae_fingerprint
 from stores import HOOK, as_harvested, synthetic_store
 
@@ -20,11 +20,13 @@ def test_score_flow_writes_the_feature_store(tmp_path, prefect_api):
     layout = as_harvested(tmp_path, store_url)
     torch.manual_seed(0)
     SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=4, k=4)).save(tmp_path / "sae" / HOOK)
-    layout.finish("train", "sae-0", {"sae": str(tmp_path / "sae" / HOOK)}, {}, 0.0, upstream={})
-    manifest = score(ScoreConfig(hook=HOOK, top_n=2, exclusive=False), RunConfig(root=str(tmp_path)))
-    out = manifest["outputs"]["features"]
-    assert out == str(tmp_path / "features" / f"{HOOK}.zarr")
-    assert manifest["metrics"]["style_concepts"] == 3 and manifest["metrics"]["object_concepts"] == 2
+    layout.finish("train", "sae-0", {HOOK: str(tmp_path / "sae" / HOOK)}, {}, 0.0, upstream={})
+    config = ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2, exclusive=False)
+    manifest = score(config, RunConfig(root=str(tmp_path)))
+    out = manifest["outputs"]["style"]
+    assert out == manifest["outputs"]["object"] == str(tmp_path / "features" / f"{HOOK}.zarr")
+    summary = manifest["metrics"][HOOK]
+    assert summary["style_concepts"] == 3 and summary["object_concepts"] == 2
     fp = sae_fingerprint(tmp_path / "sae" / HOOK)
     attrs, mean_all, domains = read_features(out, fp)
     assert attrs["hook"] == HOOK and mean_all.shape == (3, 32)
