@@ -4,6 +4,8 @@ As the paper does for objects: for each target concept, every candidate selectio
 multiplier gamma is tried on a validation set of grid cells (the concept's own cells, and a
 fixed sample of the domain's other cells), sampled with seeds of the validation split, and the
 pair maximising (UA + IRA) / 2 is kept (ties: the smaller n, then the weaker multiplier).
+`objective: ua_ira_cra` adds CRA, (UA + IRA + CRA) / 3, for edits that must spare the other
+domain too (an addition to the paper).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class SweepConfig(Config):
                         "judged per seed, for IRA.")
     num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
     guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
+    objective: Literal["ua_ira", "ua_ira_cra"] = Field(
+        "ua_ira", description="What the sweep maximises: (UA + IRA) / 2 as the paper, or "
+        "(UA + IRA + CRA) / 3, CRA being the other domain's accuracy on the same images.")
     workers: int = Field(2, ge=1, le=64, description="Concepts swept at once (threads, each with "
                          "its own copy of the model, one torch thread each).")
 
@@ -63,13 +68,15 @@ class ValidationCells:
     seeds: list[int]
     truth: np.ndarray
     """Index of the prompted concept in its domain, per image."""
+    other_truth: np.ndarray
+    """Index of the prompted concept of the other domain, per image."""
     target: np.ndarray
     """bool per image: prompted with the target concept."""
 
 
 def validation_cells(domain: str, concept: str, cfg: SweepConfig) -> ValidationCells:
     """Fixed samples of the concept's cells and of the other concepts' cells, per validation seed."""
-    labels = ALL_STYLES if domain == "style" else OBJECTS
+    labels, other = (ALL_STYLES, OBJECTS) if domain == "style" else (OBJECTS, ALL_STYLES)
     position = 1 if domain == "style" else 0
     grid = cells()
     mine = [c for c in grid if c[position] == concept]
@@ -77,14 +84,16 @@ def validation_cells(domain: str, concept: str, cfg: SweepConfig) -> ValidationC
     rng = np.random.default_rng([VAL_SEED_BASE, labels.index(concept)])
     own = [mine[i] for i in sorted(rng.choice(len(mine), min(cfg.own, len(mine)), replace=False))]
     chosen = [rest[i] for i in sorted(rng.choice(len(rest), min(cfg.others, len(rest)), replace=False))]
-    prompts, seeds, truth, target = [], [], [], []
+    prompts, seeds, truth, other_truth, target = [], [], [], [], []
     for seed in range(VAL_SEED_BASE, VAL_SEED_BASE + cfg.n_seeds):
         for cell in own + chosen:
             prompts.append(prompt_for(*cell))
             seeds.append(seed)
             truth.append(labels.index(cell[position]))
+            other_truth.append(other.index(cell[1 - position]))
             target.append(cell[position] == concept)
-    return ValidationCells(prompts, seeds, np.array(truth), np.array(target))
+    return ValidationCells(prompts, seeds, np.array(truth), np.array(other_truth),
+                           np.array(target))
 
 
 def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, domain: str,
@@ -100,10 +109,13 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
                 images = sample(pipe, val.prompts, val.seeds, num_steps=cfg.num_steps,
                                 guidance=cfg.guidance)
             style, obj = judge.predict(images)
-            correct = (style if domain == "style" else obj) == val.truth
+            mine, theirs = (style, obj) if domain == "style" else (obj, style)
+            correct = mine == val.truth
             ua, ira = float((~correct[val.target]).mean()), float(correct[~val.target].mean())
+            cra = float((theirs == val.other_truth).mean())
+            terms = (ua, ira, cra) if cfg.objective == "ua_ira_cra" else (ua, ira)
             rows.append({"domain": domain, "concept": concept, "top_n": n, "multiplier": gamma,
-                         "UA": round(ua, 4), "IRA": round(ira, 4),
-                         "objective": round((ua + ira) / 2, 4)})
+                         "UA": round(ua, 4), "IRA": round(ira, 4), "CRA": round(cra, 4),
+                         "objective": round(sum(terms) / len(terms), 4)})
     best = max(rows, key=lambda r: (r["objective"], -r["top_n"], r["multiplier"]))
     return best["top_n"], best["multiplier"], rows

@@ -6,7 +6,7 @@ import torch
 from pydantic import ValidationError
 
 from saeuron.intervention import Edit
-from saeuron.minicanvas.data import EVAL_SEED_BASE
+from saeuron.minicanvas.data import ALL_STYLES, EVAL_SEED_BASE
 from saeuron.pipeline import load_pipeline
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.scoring import ConceptMeans, select_features
@@ -24,6 +24,8 @@ def test_validation_cells_hold_the_concept_and_a_fixed_sample_of_the_others():
     assert set(val.seeds) == {VAL_SEED_BASE, VAL_SEED_BASE + 1}
     assert max(val.seeds) < EVAL_SEED_BASE, "validation never uses evaluation seeds"
     assert validation_cells("object", "star", cfg).prompts == val.prompts, "fixed sample"
+    words = [p.split() for p in val.prompts]
+    assert all(ALL_STYLES[s] in w or ALL_STYLES[s] == "none" for s, w in zip(val.other_truth, words))
     style = validation_cells("style", "neon", SweepConfig(own=4, others=5))
     assert style.target.sum() == 4 and len(style.prompts) == 9
 
@@ -56,6 +58,12 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
     best = max(r["objective"] for r in rows)
     assert any(r["objective"] == best and (r["top_n"], r["multiplier"]) == (n, gamma) for r in rows)
     assert all(r["objective"] == pytest.approx((r["UA"] + r["IRA"]) / 2, abs=1e-4) for r in rows)
+    assert all(0 <= r["CRA"] <= 1 for r in rows)
+
+    with_cra = cfg.model_copy(update={"objective": "ua_ira_cra"})
+    _, _, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, with_cra)
+    assert all(r["objective"] == pytest.approx((r["UA"] + r["IRA"] + r["CRA"]) / 3, abs=1e-4)
+               for r in rows)
 
 
 def test_exclusive_selection_keeps_only_features_the_concept_leads():
