@@ -51,10 +51,12 @@ def report(rows: list[dict], summary: list[dict], out_dir: Path, inline: bool) -
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {s['domain']} | {s['targets']} | {s['UA']:.3f} | {s['IRA']:.3f} | {s['CRA']:.3f} "
               f"| {s['worst_UA']} | {s['worst_IRA']} | {s['worst_CRA']} |" for s in summary]
-    lines += ["", "| target | UA | IRA | CRA | style acc | object acc |", "|---|---|---|---|---|---|"]
+    lines += ["", "| target | UA | IRA | CRA | style acc | object acc | set scale |",
+              "|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = " | ".join(f"{r[m]:.3f}" if m in r else "-" for m in METRICS)
-        lines.append(f"| {r['target']} | {cells} | {r['style_acc']:.3f} | {r['object_acc']:.3f} |")
+        lines.append(f"| {r['target']} | {cells} | {r['style_acc']:.3f} | {r['object_acc']:.3f} "
+                     f"| {r.get('scale', '-')} |")
     lines.append("")
     for r in rows:
         path = Path(r["image"])

@@ -5,7 +5,9 @@ multiplier gamma is tried on a validation set of grid cells (the concept's own c
 fixed sample of the domain's other cells), sampled with seeds of the validation split, and the
 pair maximising (UA + IRA) / 2 is kept (ties: the smaller n, then the weaker multiplier).
 `objective: ua_ira_cra` adds CRA, (UA + IRA + CRA) / 3, for edits that must spare the other
-domain too (an addition to the paper).
+domain too (an addition to the paper). A set of concepts removed at once gets its own, smaller
+sweep: one scale of all its concepts' multipliers (`sweep_set`), since the union of edits
+chosen one concept at a time is far stronger than each (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -74,14 +76,14 @@ class ValidationCells:
     """bool per image: prompted with the target concept."""
 
 
-def validation_cells(domain: str, concept: str, cfg: SweepConfig) -> ValidationCells:
-    """Fixed samples of the concept's cells and of the other concepts' cells, per validation seed."""
+def validation_cells(domain: str, concepts: list[str], cfg: SweepConfig) -> ValidationCells:
+    """Fixed samples of the concepts' cells and of the other concepts' cells, per validation seed."""
     labels, other = (ALL_STYLES, OBJECTS) if domain == "style" else (OBJECTS, ALL_STYLES)
     position = 1 if domain == "style" else 0
     grid = cells()
-    mine = [c for c in grid if c[position] == concept]
-    rest = [c for c in grid if c[position] != concept]
-    rng = np.random.default_rng([VAL_SEED_BASE, labels.index(concept)])
+    mine = [c for c in grid if c[position] in concepts]
+    rest = [c for c in grid if c[position] not in concepts]
+    rng = np.random.default_rng([VAL_SEED_BASE, *(labels.index(c) for c in concepts)])
     own = [mine[i] for i in sorted(rng.choice(len(mine), min(cfg.own, len(mine)), replace=False))]
     chosen = [rest[i] for i in sorted(rng.choice(len(rest), min(cfg.others, len(rest)), replace=False))]
     prompts, seeds, truth, other_truth, target = [], [], [], [], []
@@ -91,9 +93,25 @@ def validation_cells(domain: str, concept: str, cfg: SweepConfig) -> ValidationC
             seeds.append(seed)
             truth.append(labels.index(cell[position]))
             other_truth.append(other.index(cell[1 - position]))
-            target.append(cell[position] == concept)
+            target.append(cell[position] in concepts)
     return ValidationCells(prompts, seeds, np.array(truth), np.array(other_truth),
                            np.array(target))
+
+
+def judge_candidate(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str,
+                    domain: str, edit: Edit, val: ValidationCells, cfg: SweepConfig) -> dict:
+    """UA, IRA, CRA and the objective of one edit on the validation cells."""
+    with Unlearn(pipe.unet, hook, sae, edit):
+        images = sample(pipe, val.prompts, val.seeds, num_steps=cfg.num_steps,
+                        guidance=cfg.guidance)
+    style, obj = judge.predict(images)
+    mine, theirs = (style, obj) if domain == "style" else (obj, style)
+    correct = mine == val.truth
+    ua, ira = float((~correct[val.target]).mean()), float(correct[~val.target].mean())
+    cra = float((theirs == val.other_truth).mean())
+    terms = (ua, ira, cra) if cfg.objective == "ua_ira_cra" else (ua, ira)
+    return {"UA": round(ua, 4), "IRA": round(ira, 4), "CRA": round(cra, 4),
+            "objective": round(sum(terms) / len(terms), 4)}
 
 
 def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, domain: str,
@@ -101,21 +119,21 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
                   cfg: SweepConfig) -> tuple[int, float, list[dict]]:
     """(best n, best multiplier, one row per candidate) for one concept; `edits(n, gamma)`
     gives the edit of the candidate."""
-    val = validation_cells(domain, concept, cfg)
-    rows = []
-    for n in cfg.top_n:
-        for gamma in cfg.multipliers:
-            with Unlearn(pipe.unet, hook, sae, edits(n, gamma)):
-                images = sample(pipe, val.prompts, val.seeds, num_steps=cfg.num_steps,
-                                guidance=cfg.guidance)
-            style, obj = judge.predict(images)
-            mine, theirs = (style, obj) if domain == "style" else (obj, style)
-            correct = mine == val.truth
-            ua, ira = float((~correct[val.target]).mean()), float(correct[~val.target].mean())
-            cra = float((theirs == val.other_truth).mean())
-            terms = (ua, ira, cra) if cfg.objective == "ua_ira_cra" else (ua, ira)
-            rows.append({"domain": domain, "concept": concept, "top_n": n, "multiplier": gamma,
-                         "UA": round(ua, 4), "IRA": round(ira, 4), "CRA": round(cra, 4),
-                         "objective": round(sum(terms) / len(terms), 4)})
+    val = validation_cells(domain, [concept], cfg)
+    rows = [{"domain": domain, "concept": concept, "top_n": n, "multiplier": gamma,
+             **judge_candidate(pipe, judge, sae, hook, domain, edits(n, gamma), val, cfg)}
+            for n in cfg.top_n for gamma in cfg.multipliers]
     best = max(rows, key=lambda r: (r["objective"], -r["top_n"], r["multiplier"]))
     return best["top_n"], best["multiplier"], rows
+
+
+def sweep_set(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, domain: str,
+              concepts: list[str], edits: Callable[[float], Edit], scales: list[float],
+              cfg: SweepConfig) -> tuple[float, list[dict]]:
+    """(best scale, one row per scale) for a set removed at once; `edits(scale)` is the set's
+    edit with every multiplier scaled. Ties: the larger scale (the concepts' own choice)."""
+    val = validation_cells(domain, concepts, cfg)
+    rows = [{"domain": domain, "concepts": "+".join(concepts), "scale": scale,
+             **judge_candidate(pipe, judge, sae, hook, domain, edits(scale), val, cfg)}
+            for scale in scales]
+    return max(rows, key=lambda r: (r["objective"], r["scale"]))["scale"], rows

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from saeuron.config import Config
 from saeuron.grid import NO_STYLE, ConceptGrid, minicanvas_grid, unlearncanvas_grid
@@ -27,6 +27,7 @@ from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.evaluate import GridJudge, GridResult, sample_grid
 from saeuron.pipeline import Pipeline
 from saeuron.sae import SparseAutoencoder
+from saeuron.sweep import SweepConfig
 from saeuron.vit_judge import ViTJudge, ViTJudgeConfig
 from storage.features import DomainFeatures
 
@@ -54,11 +55,14 @@ def unlearning_metrics(result: GridResult, domain: str, concepts: list[str]) -> 
 
 
 def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domain: str,
-                 concepts: list[str], multiplier: float | None = None) -> Edit:
-    """The edit that removes `concepts` of `domain`, from a feature store's contents."""
+                 concepts: list[str], multiplier: float | None = None,
+                 scale: float = 1.0) -> Edit:
+    """The edit that removes `concepts` of `domain`, from a feature store's contents (each
+    concept's multiplier, or `multiplier` for all, times `scale`)."""
     d = domains[domain]
     rows = [d.index(c) for c in concepts]
-    gammas = [float(d.multiplier[r]) if multiplier is None else multiplier for r in rows]
+    gammas = [scale * (float(d.multiplier[r]) if multiplier is None else multiplier)
+              for r in rows]
     return Edit.for_concepts(d.timesteps, d.selected[rows], d.mean[rows], gammas, mean_all)
 
 
@@ -90,6 +94,13 @@ class EvaluateConfig(Config):
     style_sets: list[list[str]] = Field(
         [["sunset", "ocean", "forest", "neon", "pastel"]],
         description="Sets of styles removed together (default: half of MiniCanvas's styles).")
+    set_scales: list[float] = Field(
+        [1.0], min_length=1, description="Scales of a set's multipliers tried on validation "
+        "prompts before the set is evaluated (the set's own sweep, (UA + IRA) / 2; MiniCanvas "
+        "grid only). [1.0]: each concept's own multiplier, as the paper.")
+    set_sweep: SweepConfig = Field(default_factory=lambda: SweepConfig(own=10, others=10),
+                                   description="Validation cells and sampling of the set sweep "
+                                   "(its top_n and multipliers are not used).")
     n_seeds: int = Field(1, ge=1, le=100, description="Evaluation seeds per grid cell.")
     num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
     guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
@@ -101,8 +112,19 @@ class EvaluateConfig(Config):
                          "its workers (results depend on it slightly; fixed for reproducibility).")
     batch_size: int = Field(128, ge=1, le=4096, description="Images sampled per UNet batch.")
 
+    @field_validator("set_scales")
+    @classmethod
+    def _scales(cls, values: list[float]) -> list[float]:
+        if min(values) <= 0:
+            raise ValueError(f"set_scales must be positive (they scale negative multipliers), "
+                             f"got {values}")
+        return sorted(set(values), reverse=True)
+
     @model_validator(mode="after")
     def _judge_fits_grid(self) -> "EvaluateConfig":
+        if self.grid != "minicanvas" and self.set_scales != [1.0]:
+            raise ValueError(f"the set sweep samples MiniCanvas validation prompts; with the "
+                             f"{self.grid} grid set_scales must be [1.0], got {self.set_scales}")
         if (self.grid == "unlearncanvas") != (self.classifier is not None):
             raise ValueError("the unlearncanvas grid is judged by the UnlearnCanvas classifiers "
                              "(set evaluate.classifier: {style: ..., object: ...}), and the "

@@ -16,6 +16,7 @@ from saeuron.harvest import HarvestConfig
 from saeuron.run import PipelineConfig, RunConfig
 from saeuron.sae_train import CHECKPOINT, SAETrainConfig
 from saeuron.scoring import ScoreConfig
+from saeuron.sweep import SweepConfig
 from saeuron.unlearning import EvaluateConfig
 from storage.activations import ActivationStore
 
@@ -54,7 +55,8 @@ def test_pipeline_caches_and_reruns_only_downstream(fresh_pipeline_dir, tmp_path
 
     from flows.pipeline import pipeline
 
-    config = small(fresh_pipeline_dir, tmp_path / "run", style_sets=[["sunset", "pop"]])
+    config = small(fresh_pipeline_dir, tmp_path / "run", style_sets=[["sunset", "pop"]],
+                   set_scales=[1.0, 0.5], set_sweep=SweepConfig(own=2, others=2, num_steps=2))
     first = pipeline(config)
     assert states(first) == dict.fromkeys(("harvest", "train", "score", "evaluate"), "Completed")
     assert [s["domain"] for s in first["summary"]] == ["style", "object", "style sets"]
@@ -68,6 +70,7 @@ def test_pipeline_caches_and_reruns_only_downstream(fresh_pipeline_dir, tmp_path
         targets = json.loads(latest_artifact(client, "unlearning-targets").data)
         assert [r["target"] for r in targets] == ["baseline", "sunset", "star", "sunset+pop"]
         assert all(0 <= r["UA"] <= 1 for r in targets[1:])
+        assert targets[-1]["scale"] in (1.0, 0.5) and "scale" not in targets[1]
         markdown = latest_artifact(client, "unlearning-report")
         assert markdown.type == "markdown" and markdown.data.count("data:image/jpeg;base64,") == 4
         assert latest_artifact(client, "evaluate-progress").data == 100.0

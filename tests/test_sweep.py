@@ -10,23 +10,24 @@ from saeuron.minicanvas.data import ALL_STYLES, EVAL_SEED_BASE
 from saeuron.pipeline import load_pipeline
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.scoring import ConceptMeans, select_features
-from saeuron.sweep import VAL_SEED_BASE, SweepConfig, sweep_concept, validation_cells
+from saeuron.sweep import (VAL_SEED_BASE, SweepConfig, sweep_concept, sweep_set,
+                           validation_cells)
 
 HOOK = "up_blocks.1.attentions.1"
 
 
 def test_validation_cells_hold_the_concept_and_a_fixed_sample_of_the_others():
     cfg = SweepConfig(n_seeds=2, own=11, others=7)
-    val = validation_cells("object", "star", cfg)
+    val = validation_cells("object", ["star"], cfg)
     assert len(val.prompts) == 2 * (11 + 7) and val.target.sum() == 2 * 11
     assert all("star" in p for p, t in zip(val.prompts, val.target) if t)
     assert not any("star" in p for p, t in zip(val.prompts, val.target) if not t)
     assert set(val.seeds) == {VAL_SEED_BASE, VAL_SEED_BASE + 1}
     assert max(val.seeds) < EVAL_SEED_BASE, "validation never uses evaluation seeds"
-    assert validation_cells("object", "star", cfg).prompts == val.prompts, "fixed sample"
+    assert validation_cells("object", ["star"], cfg).prompts == val.prompts, "fixed sample"
     words = [p.split() for p in val.prompts]
     assert all(ALL_STYLES[s] in w or ALL_STYLES[s] == "none" for s, w in zip(val.other_truth, words))
-    style = validation_cells("style", "neon", SweepConfig(own=4, others=5))
+    style = validation_cells("style", ["neon"], SweepConfig(own=4, others=5))
     assert style.target.sum() == 4 and len(style.prompts) == 9
 
 
@@ -74,3 +75,30 @@ def test_exclusive_selection_keeps_only_features_the_concept_leads():
     chosen = select_features(scores, top_n=1, eligible=m.exclusive())
     assert chosen.tolist() == [[[True, False, False]], [[False, False, True]]]
     assert select_features(scores, top_n=1)[1].tolist() == [[True, False, False]]
+
+
+def test_a_set_has_its_own_validation_cells_and_scale_sweep(fresh_pipeline_dir, judge):
+    val = validation_cells("style", ["neon", "pop"], SweepConfig(own=10, others=4))
+    assert val.target.sum() == 10 and len(val.prompts) == 14
+    assert all(("neon" in p) or ("pop" in p) for p, t in zip(val.prompts, val.target) if t)
+    assert not any(("neon" in p) or ("pop" in p) for p, t in zip(val.prompts, val.target) if not t)
+
+    pipe = load_pipeline(fresh_pipeline_dir)
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=8))
+    selected = np.zeros((2, 2, 128), bool)
+    selected[:, :, :4] = True
+    means = np.random.default_rng(0).random((2, 2, 128)) + 0.5
+    scales = []
+
+    def edit(scale: float) -> Edit:
+        scales.append(scale)
+        return Edit.for_concepts([999, 499], selected, means, [-20.0 * scale, -5.0 * scale],
+                                 np.zeros((2, 128)))
+
+    cfg = SweepConfig(own=3, others=3, num_steps=2, guidance=2.0)
+    best, rows = sweep_set(pipe, judge, sae, HOOK, "style", ["neon", "pop"], edit, [1.0, 0.1], cfg)
+    assert scales == [1.0, 0.1] and [r["scale"] for r in rows] == [1.0, 0.1]
+    top = max(r["objective"] for r in rows)
+    assert best == max(r["scale"] for r in rows if r["objective"] == top)
+    assert rows[0]["concepts"] == "neon+pop"
