@@ -59,6 +59,10 @@ class PipelineConfig(Config):
             if hook not in self.train.hooks:
                 raise ValueError(f"score.hooks.{domain} {hook!r} has no SAE; train.hooks are "
                                  f"{self.train.hooks}")
+            if self.harvest.grid != "minicanvas" and getattr(self.score.sweep, domain):
+                raise ValueError(f"score.sweep.{domain}: the sweep samples and judges MiniCanvas "
+                                 f"validation prompts; turn it off for the {self.harvest.grid} "
+                                 "grid")
         if self.harvest.split != "harvest":
             raise ValueError(f"harvest.split must be 'harvest' in a pipeline (the scoring split "
                              f"is harvested with score_seeds), got {self.harvest.split!r}")

@@ -26,8 +26,8 @@ HOOK = "up_blocks.1.attentions.1"
 
 
 def small_config(model_dir, **options) -> HarvestConfig:
-    base = dict(model=str(model_dir), objects=["circle", "star"], styles=["sunset", "none"],
-                templates=1, n_seeds=2, num_steps=4, samples_per_chunk=2)
+    base = dict(model=str(model_dir), hooks=[HOOK], objects=["circle", "star"],
+                styles=["sunset", "none"], templates=1, n_seeds=2, num_steps=4, samples_per_chunk=2)
     return HarvestConfig(**{**base, **options})
 
 

@@ -221,3 +221,9 @@ def test_the_sd_config_names_the_classifiers_and_the_grids_must_agree():
         EvaluateConfig(grid="unlearncanvas")
     with pytest.raises(FileNotFoundError, match="/models/unlearncanvas-classifiers/object.pth"):
         config.evaluate.concept_grid()
+    swept = config.model_dump()
+    swept["score"]["sweep"] = {"object": {}}
+    with pytest.raises(ValueError, match="score.sweep.object: the sweep samples and judges MiniCanvas"):
+        PipelineConfig.model_validate(swept)
+    assert config.score.hooks.style == "up_blocks.1.attentions.2"
+    assert config.score.hooks.object == "up_blocks.1.attentions.1"
