@@ -87,7 +87,9 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
     layout = layout_of(run)
     scored = layout.upstream("score", "evaluate")
     features = {d: scored["outputs"][d] for d in DOMAINS}
-    domains = {d: read_features(url)[2][d] for d, url in features.items()}
+    stores = {d: read_features(url) for d, url in features.items()}
+    domains = {d: stores[d][2][d] for d in DOMAINS}
+    hooks = {d: stores[d][0]["hook"] for d in DOMAINS}
     targets = config.targets(domains, config.concept_grid())
     fp = fingerprint("evaluate", config.model_dump(mode="json", exclude={"device"}),
                      scored["fingerprint"])
@@ -111,7 +113,8 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
             else:
                 futures[runner.submit(unlearn_target, parameters=dict(
                     domain=domain, concepts=concepts, name=name,
-                    features_url=features[domain or "style"], **common))] = name
+                    features_url=features[domain or "style"], hook=hooks[domain or "style"],
+                    **common))] = name
         update_progress_artifact(progress, 100.0 * len(rows) / len(jobs))
         for future in as_completed(list(futures)):
             name = futures[future]

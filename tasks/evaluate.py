@@ -16,12 +16,11 @@ from storage.features import read_features, sae_fingerprint
 
 
 @task(name="unlearn-target", task_run_name="unlearn-{domain}-{name}")
-def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, domain: str | None,
-                   concepts: list[str], name: str, out_dir: str) -> dict:
+def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, hook: str,
+                   domain: str | None, concepts: list[str], name: str, out_dir: str) -> dict:
     """Metrics of one target (domain None: the unedited baseline); writes its image grid.
-    `features_url`: the feature store of the block that removes the target's domain."""
+    `features_url` and `hook`: the feature store and block that remove the target's domain."""
     logger = get_run_logger()
-    hook = read_features(features_url)[0]["hook"]
     folder = Path(sae_dir) / hook
     sae = SparseAutoencoder.load(folder, device=config.device)
     _, mean_all, domains = read_features(features_url, sae_fingerprint(folder))
