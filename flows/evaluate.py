@@ -15,7 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact,
                                create_table_artifact, update_progress_artifact)
 
-from flows.stage import cached, layout_of
+from flows.stage import cached, code_fingerprint, layout_of
 from saeuron.run import RunConfig
 from saeuron.threads import torch_threads
 from saeuron.unlearning import EvaluateConfig
@@ -91,7 +91,8 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
     domains = {d: stores[d][2][d] for d in DOMAINS}
     hooks = {d: stores[d][0]["hook"] for d in DOMAINS}
     targets = config.targets(domains, config.concept_grid())
-    fp = fingerprint("evaluate", config.model_dump(mode="json", exclude={"device"}),
+    fp = fingerprint("evaluate", code_fingerprint("evaluate"),
+                     config.model_dump(mode="json", exclude={"device"}),
                      scored["fingerprint"])
     if hit := cached(layout, "evaluate", fp, force):
         return hit

@@ -7,7 +7,7 @@ import time
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from flows.stage import cached, layout_of
+from flows.stage import cached, code_fingerprint, layout_of
 from saeuron.run import RunConfig
 from saeuron.scoring import ScoreConfig
 from storage.run import fingerprint
@@ -28,7 +28,8 @@ def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
     if untrained:
         raise ValueError(f"score.hooks name {untrained[0]!r}, but the train stage trained "
                          f"{sorted(trained['outputs'])}")
-    fp = fingerprint("score", config.model_dump(mode="json"), harvested["fingerprint"],
+    fp = fingerprint("score", code_fingerprint("score"),
+                     config.model_dump(mode="json"), harvested["fingerprint"],
                      trained["fingerprint"])
     if hit := cached(layout, "score", fp, force):
         return hit

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib.util
+from pathlib import Path
+
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, State
 
 from saeuron.run import RunConfig
-from storage.run import RunLayout
+from storage.run import RunLayout, fingerprint
+
+LIBRARY = ("saeuron", "storage", "tasks")
+"""Packages whose modules are followed when hashing a stage's code."""
 
 
 def layout_of(run: RunConfig) -> RunLayout:
@@ -27,3 +35,48 @@ def cached(layout: RunLayout, stage: str, fp: str, force: bool) -> State | None:
                           key=f"{stage}-summary",
                           description=f"{stage} (cached)")
     return Completed(name="Cached", message=f"{stage} cached ({fp})", data=manifest)
+
+
+def code_fingerprint(stage: str) -> str:
+    """Hash of the code a stage runs: its flow module, its task module and every library module
+    the task imports, transitively. A changed computation then reruns the stage (and what depends
+    on it) as a changed configuration does; comments and layout do not count (syntax trees are
+    hashed). The harvest's stores record the package version instead (HarvestConfig)."""
+    return fingerprint(modules_hash([f"flows.{stage}"], ()),
+                       modules_hash([f"tasks.{stage}"], LIBRARY))
+
+
+def modules_hash(modules: list[str], follow: tuple[str, ...]) -> str:
+    """Hash of the syntax trees of `modules` and of the modules of the `follow` packages they
+    import, transitively."""
+    trees: dict[str, str] = {}
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in trees or (path := _source(name)) is None:
+            continue
+        tree = ast.parse(path.read_text())
+        trees[name] = hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+        todo += [n for n in _imported(tree) if n.split(".")[0] in follow]
+    return fingerprint(sorted(trees.items()))
+
+
+def _imported(tree: ast.Module) -> list[str]:
+    """Absolute names a module imports (`from a import b` gives a and a.b: b may be a module)."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    return names
+
+
+def _source(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # `a.b` where b is a name inside module a
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)

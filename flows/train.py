@@ -7,7 +7,7 @@ import time
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from flows.stage import cached, layout_of
+from flows.stage import cached, code_fingerprint, layout_of
 from saeuron.run import RunConfig
 from saeuron.sae_train import SAETrainConfig
 from storage.activations import ActivationStore
@@ -27,7 +27,8 @@ def train(config: SAETrainConfig = SAETrainConfig(), run: RunConfig = RunConfig(
     missing = [h for h in config.hooks if h not in store.spec.hooks]
     if missing:
         raise ValueError(f"{store_url} has no hook {missing[0]!r}; it holds {sorted(store.spec.hooks)}")
-    fp = fingerprint("train", config.model_dump(mode="json"), upstream["fingerprint"])
+    fp = fingerprint("train", code_fingerprint("train"),
+                     config.model_dump(mode="json"), upstream["fingerprint"])
     if hit := cached(layout, "train", fp, force):
         return hit
     folders = {hook: str(layout.sae_dir / hook) for hook in config.hooks}
