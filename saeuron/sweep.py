@@ -4,6 +4,10 @@ As the paper does for objects: for each target concept, every candidate selectio
 multiplier gamma is tried on a validation set of grid cells (the concept's own cells, and a
 fixed sample of the domain's other cells), sampled with seeds of the validation split, and the
 pair maximising (UA + IRA) / 2 is kept (ties: the smaller n, then the weaker multiplier).
+The choice sits on a steep edge (a weak edit leaves the concept, a strong one erases the
+picture), and a dozen validation pictures place it roughly, so the best `finalists` candidates
+are judged again on `finalist_seeds` further validation seeds and chosen on every picture they
+were judged on (successive halving; an addition to the paper).
 `objective: ua_ira_cra` adds CRA, (UA + IRA + CRA) / 3, for edits that must spare the other
 domain too (an addition to the paper). A set of concepts removed at once gets its own, smaller
 sweep: one scale of all its concepts' multipliers (`sweep_set`), since the union of edits
@@ -46,6 +50,11 @@ class SweepConfig(Config):
     objective: Literal["ua_ira", "ua_ira_cra"] = Field(
         "ua_ira", description="What the sweep maximises: (UA + IRA) / 2 as the paper, or "
         "(UA + IRA + CRA) / 3, CRA being the other domain's accuracy on the same images.")
+    finalists: int = Field(3, ge=0, le=100, description="Best candidates judged again on "
+                           "finalist_seeds more validation seeds, then chosen on all their "
+                           "pictures (0: choose on the first judgement).")
+    finalist_seeds: int = Field(2, ge=1, le=100, description="Validation seeds of the finalists' "
+                                "second judgement (after the first n_seeds).")
     workers: int = Field(2, ge=1, le=64, description="Concepts swept at once (threads, each with "
                          "its own copy of the model, one torch thread each).")
 
@@ -76,8 +85,10 @@ class ValidationCells:
     """bool per image: prompted with the target concept."""
 
 
-def validation_cells(domain: str, concepts: list[str], cfg: SweepConfig) -> ValidationCells:
-    """Fixed samples of the concepts' cells and of the other concepts' cells, per validation seed."""
+def validation_cells(domain: str, concepts: list[str], cfg: SweepConfig,
+                     finalists: bool = False) -> ValidationCells:
+    """Fixed samples of the concepts' cells and of the other concepts' cells, per validation seed
+    (the first n_seeds, or with `finalists` the finalist_seeds after them)."""
     labels, other = (ALL_STYLES, OBJECTS) if domain == "style" else (OBJECTS, ALL_STYLES)
     position = 1 if domain == "style" else 0
     grid = cells()
@@ -87,7 +98,8 @@ def validation_cells(domain: str, concepts: list[str], cfg: SweepConfig) -> Vali
     own = [mine[i] for i in sorted(rng.choice(len(mine), min(cfg.own, len(mine)), replace=False))]
     chosen = [rest[i] for i in sorted(rng.choice(len(rest), min(cfg.others, len(rest)), replace=False))]
     prompts, seeds, truth, other_truth, target = [], [], [], [], []
-    for seed in range(VAL_SEED_BASE, VAL_SEED_BASE + cfg.n_seeds):
+    first = VAL_SEED_BASE + (cfg.n_seeds if finalists else 0)
+    for seed in range(first, first + (cfg.finalist_seeds if finalists else cfg.n_seeds)):
         for cell in own + chosen:
             prompts.append(prompt_for(*cell))
             seeds.append(seed)
@@ -100,18 +112,44 @@ def validation_cells(domain: str, concepts: list[str], cfg: SweepConfig) -> Vali
 
 def judge_candidate(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str,
                     domain: str, edit: Edit, val: ValidationCells, cfg: SweepConfig) -> dict:
-    """UA, IRA, CRA and the objective of one edit on the validation cells."""
+    """UA, IRA, CRA, the objective and the number of pictures of one edit on validation cells."""
     with Unlearn(pipe.unet, hook, sae, edit):
         images = sample(pipe, val.prompts, val.seeds, num_steps=cfg.num_steps,
                         guidance=cfg.guidance)
     style, obj = judge.predict(images)
     mine, theirs = (style, obj) if domain == "style" else (obj, style)
     correct = mine == val.truth
-    ua, ira = float((~correct[val.target]).mean()), float(correct[~val.target].mean())
-    cra = float((theirs == val.other_truth).mean())
+    return _metrics({"UA": (~correct[val.target]).sum(), "IRA": correct[~val.target].sum(),
+                     "CRA": (theirs == val.other_truth).sum()},
+                    val.target.sum(), (~val.target).sum(), cfg)
+
+
+def _metrics(hits: dict, n_target: int, n_other: int, cfg: SweepConfig) -> dict:
+    """Metrics from counts of hits (kept in the row, so that two judgements can be pooled)."""
+    ua, ira = hits["UA"] / n_target, hits["IRA"] / n_other
+    cra = hits["CRA"] / (n_target + n_other)
     terms = (ua, ira, cra) if cfg.objective == "ua_ira_cra" else (ua, ira)
-    return {"UA": round(ua, 4), "IRA": round(ira, 4), "CRA": round(cra, 4),
-            "objective": round(sum(terms) / len(terms), 4)}
+    return {"UA": round(float(ua), 4), "IRA": round(float(ira), 4), "CRA": round(float(cra), 4),
+            "objective": round(float(sum(terms) / len(terms)), 4),
+            "images": int(n_target + n_other), "n_target": int(n_target),
+            "hits": {k: int(v) for k, v in hits.items()}}
+
+
+def _finals(rows: list[dict], judge_again: Callable[[dict, ValidationCells], dict],
+            rank: Callable[[dict], tuple], domain: str, concepts: list[str],
+            cfg: SweepConfig) -> dict:
+    """The best row, after the `finalists` best are judged again on further seeds and their
+    judgements pooled (in place: those rows then hold the pooled metrics, `finalist: True`)."""
+    if cfg.finalists:
+        val = validation_cells(domain, concepts, cfg, finalists=True)
+        for row in sorted(rows, key=rank, reverse=True)[:cfg.finalists]:
+            more = judge_again(row, val)
+            hits = {k: row["hits"][k] + more["hits"][k] for k in row["hits"]}
+            n_target = row["n_target"] + more["n_target"]
+            row.update(_metrics(hits, n_target, row["images"] + more["images"] - n_target, cfg),
+                       finalist=True)
+        rows = [r for r in rows if r.get("finalist")]
+    return max(rows, key=rank)
 
 
 def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, domain: str,
@@ -123,7 +161,10 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
     rows = [{"domain": domain, "concept": concept, "top_n": n, "multiplier": gamma,
              **judge_candidate(pipe, judge, sae, hook, domain, edits(n, gamma), val, cfg)}
             for n in cfg.top_n for gamma in cfg.multipliers]
-    best = max(rows, key=lambda r: (r["objective"], -r["top_n"], r["multiplier"]))
+    best = _finals(rows, lambda r, v: judge_candidate(pipe, judge, sae, hook, domain,
+                                                      edits(r["top_n"], r["multiplier"]), v, cfg),
+                   lambda r: (r["objective"], -r["top_n"], r["multiplier"]), domain, [concept],
+                   cfg)
     return best["top_n"], best["multiplier"], rows
 
 
@@ -136,4 +177,7 @@ def sweep_set(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, d
     rows = [{"domain": domain, "concepts": "+".join(concepts), "scale": scale,
              **judge_candidate(pipe, judge, sae, hook, domain, edits(scale), val, cfg)}
             for scale in scales]
-    return max(rows, key=lambda r: (r["objective"], r["scale"]))["scale"], rows
+    best = _finals(rows, lambda r, v: judge_candidate(pipe, judge, sae, hook, domain,
+                                                      edits(r["scale"]), v, cfg),
+                   lambda r: (r["objective"], r["scale"]), domain, concepts, cfg)
+    return best["scale"], rows

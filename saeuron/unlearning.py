@@ -21,7 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from saeuron.config import Config
 from saeuron.grid import NO_STYLE, ConceptGrid, minicanvas_grid, unlearncanvas_grid
 from saeuron.harvest import SPLIT_SEED_BASE
-from saeuron.intervention import Edit, Unlearn
+from saeuron.intervention import Edit, Gate, Unlearn, gate_thresholds
 from saeuron.minicanvas import JUDGE_DIR
 from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.evaluate import GridJudge, GridResult, sample_grid
@@ -56,14 +56,20 @@ def unlearning_metrics(result: GridResult, domain: str, concepts: list[str]) -> 
 
 def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domain: str,
                  concepts: list[str], multiplier: float | None = None,
-                 scale: float = 1.0) -> Edit:
+                 scale: float = 1.0, gate: Gate = "mean") -> Edit:
     """The edit that removes `concepts` of `domain`, from a feature store's contents (each
-    concept's multiplier, or `multiplier` for all, times `scale`)."""
+    concept's multiplier, or `multiplier` for all, times `scale`), gated by `gate`."""
     d = domains[domain]
     rows = [d.index(c) for c in concepts]
     gammas = [scale * (float(d.multiplier[r]) if multiplier is None else multiplier)
               for r in rows]
-    return Edit.for_concepts(d.timesteps, d.selected[rows], d.mean[rows], gammas, mean_all)
+    return Edit.for_concepts(d.timesteps, d.selected[rows], d.mean[rows], gammas,
+                             *gate_thresholds(gate, mean_all, d.mean, rows))
+
+
+def store_gate(attrs: dict) -> Gate:
+    """The gate a feature store's edits were chosen with (stores before the option: the paper's)."""
+    return attrs.get("config", {}).get("gate", "mean")
 
 
 def unlearned_grid(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, block: str,
@@ -98,6 +104,10 @@ class EvaluateConfig(Config):
         [1.0], min_length=1, description="Scales of a set's multipliers tried on validation "
         "prompts before the set is evaluated (the set's own sweep, (UA + IRA) / 2; MiniCanvas "
         "grid only). [1.0]: each concept's own multiplier, as the paper.")
+    set_gate: Gate = Field("others", description="Where a set's edit applies (single targets "
+                           "use the gate their features were chosen with, score.gate): 'mean' "
+                           "(the paper), 'others' (where a latent exceeds the largest mean of "
+                           "the concepts outside the set), 'image' (see score.gate).")
     set_sweep: SweepConfig = Field(default_factory=lambda: SweepConfig(own=10, others=10),
                                    description="Validation cells and sampling of the set sweep "
                                    "(its top_n and multipliers are not used).")

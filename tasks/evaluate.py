@@ -11,7 +11,8 @@ from saeuron.minicanvas.evaluate import grid_picture
 from saeuron.pipeline import load_pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import sweep_set
-from saeuron.unlearning import EvaluateConfig, concept_edit, unlearned_grid, unlearning_metrics
+from saeuron.unlearning import (EvaluateConfig, concept_edit, store_gate, unlearned_grid,
+                                 unlearning_metrics)
 from storage.features import read_features, sae_fingerprint
 
 
@@ -23,15 +24,18 @@ def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, hook
     logger = get_run_logger()
     folder = Path(sae_dir) / hook
     sae = SparseAutoencoder.load(folder, device=config.device)
-    _, mean_all, domains = read_features(features_url, sae_fingerprint(folder))
+    attrs, mean_all, domains = read_features(features_url, sae_fingerprint(folder))
+    gate = config.set_gate if len(concepts) > 1 else store_gate(attrs)
     pipe = load_pipeline(HarvestConfig(model=config.model).model_path(), device=config.device)
     scale = 1.0
     if domain and len(concepts) > 1 and config.set_scales != [1.0]:
         scale, tried = sweep_set(pipe, config.judge(), sae, hook, domain, concepts,
-                                 lambda s: concept_edit(mean_all, domains, domain, concepts, scale=s),
+                                 lambda s: concept_edit(mean_all, domains, domain, concepts,
+                                                        scale=s, gate=gate),
                                  config.set_scales, config.set_sweep)
         logger.info(f"{name}: set sweep {tried} -> scale {scale}")
-    edit = concept_edit(mean_all, domains, domain, concepts, scale=scale) if domain else None
+    edit = (concept_edit(mean_all, domains, domain, concepts, scale=scale, gate=gate) if domain
+            else None)
     result = unlearned_grid(pipe, config.judge(), sae, hook, edit, tuple(config.seeds()),
                             num_steps=config.num_steps, guidance=config.guidance,
                             error_sign=config.error_sign, grid=config.concept_grid(),

@@ -9,7 +9,7 @@ from queue import Queue
 import numpy as np
 from prefect import get_run_logger, task
 
-from saeuron.intervention import Edit
+from saeuron.intervention import Edit, gate_thresholds
 from saeuron.minicanvas import JUDGE_DIR
 from saeuron.minicanvas.classifier import Judge
 from saeuron.pipeline import load_pipeline
@@ -51,7 +51,7 @@ def score_features(store_url: str, sae_dir: str, out_url: str, config: ScoreConf
 
 
 def select(m: ConceptMeans, config: ScoreConfig, top_n: int | None = None) -> DomainFeatures:
-    scores = m.scores()
+    scores = m.scores(config.contrast)
     selected = select_features(scores, percentile=None if top_n else config.percentile,
                                top_n=top_n or config.top_n,
                                eligible=m.exclusive() if config.exclusive else None)
@@ -85,7 +85,8 @@ def run_sweep(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures]
         d = domains[name]
 
         def edit(n: int, gamma: float) -> Edit:
-            return Edit.for_concepts(d.timesteps, candidates[n][[c]], d.mean[[c]], [gamma], mean_all)
+            return Edit.for_concepts(d.timesteps, candidates[n][[c]], d.mean[[c]], [gamma],
+                                     *gate_thresholds(config.gate, mean_all, d.mean, [c]))
 
         pipe = pipes.get()
         try:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saeuron.capture import Capture
-from saeuron.intervention import Edit, Unlearn
+from saeuron.intervention import Edit, Unlearn, gate_thresholds
 from saeuron.pipeline import load_pipeline
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.sampling import sample, schedule_timesteps
@@ -66,6 +66,51 @@ def test_the_rule_edits_selected_features_above_the_mean(pipe, sae):
     assert hit.any(), "the test must edit something"
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert unlearn.edited_fraction[0] > 0
+
+
+def test_the_image_gate_edits_only_pictures_where_the_feature_is_present(pipe, sae):
+    """With a presence threshold between pictures' position-averaged latent, the same selected
+    feature is edited in some pictures and left alone in the others."""
+    first = schedule_timesteps(pipe, 4)[0]
+    with Capture(pipe.unet, [HOOK], timesteps=[first], cfg=False) as plain:
+        sample(pipe, PROMPTS[:2], SEEDS[:2], num_steps=4)
+    x = torch.from_numpy(plain.take()[1][HOOK][:, 0])
+    pictures, positions = x.shape[:2]  # both halves of the CFG batch
+    x = x.reshape(-1, sae.cfg.d_in)
+    with torch.no_grad():
+        z = sae.dense_latents(x)
+    per_picture = z.view(pictures, positions, -1).mean(1)
+    feature = int((per_picture.max(0).values - per_picture.min(0).values).argmax())
+    low, high = per_picture[:, feature].min().item(), per_picture[:, feature].max().item()
+    assert high > low, "the test needs a feature more present in some pictures"
+
+    edit = edit_for(pipe, sae, selected_features=[feature], multiplier=-3.0)
+    edit.presence = np.full_like(edit.threshold, (low + high) / 2)
+    with Unlearn(pipe.unet, HOOK, sae, edit), \
+            Capture(pipe.unet, [HOOK], timesteps=[first], cfg=False) as edited:
+        sample(pipe, PROMPTS[:2], SEEDS[:2], num_steps=4)
+    got = torch.from_numpy(edited.take()[1][HOOK][:, 0]).reshape(-1, sae.cfg.d_in)
+
+    present = (per_picture[:, feature] > (low + high) / 2).repeat_interleave(positions)
+    z_edit = z.clone()
+    hit = present & (z[:, feature] > 0)
+    z_edit[:, feature] = torch.where(hit, -1.5 * z[:, feature], z[:, feature])
+    expected = x + (z_edit - z) @ sae.W_dec
+    assert hit.any() and (z[~present, feature] > 0).any(), "some pictures edited, some spared"
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_gates_threshold_at_the_mean_or_the_most_active_other_concept():
+    means = np.array([[[1.0, 0.2]], [[0.5, 0.9]], [[0.1, 0.3]]], np.float32)
+    mean_all = means.mean(0)
+    threshold, presence = gate_thresholds("mean", mean_all, means, [0])
+    assert presence is None and np.array_equal(threshold, mean_all)
+    threshold, presence = gate_thresholds("others", mean_all, means, [0])
+    assert presence is None and np.array_equal(threshold, means[1])
+    threshold, presence = gate_thresholds("image", mean_all, means, [0, 1])
+    assert np.array_equal(threshold, mean_all) and np.array_equal(presence, means[2])
+    with pytest.raises(ValueError, match="unknown gate 'all'"):
+        gate_thresholds("all", mean_all, means, [0])
 
 
 def test_nearest_scored_timestep_by_value(pipe, sae):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saeuron.sae import SAEConfig, SparseAutoencoder
-from saeuron.scoring import concept_means, select_features
+from saeuron.scoring import ConceptMeans, concept_means, select_features
 from stores import HOOK, synthetic_store
 
 
@@ -74,3 +74,14 @@ def test_store_and_sae_must_fit(store_and_sae):
     wide = SparseAutoencoder(SAEConfig(d_in=16, expansion_factor=2, k=2))
     with pytest.raises(ValueError, match="width 8 but the SAE takes 16"):
         concept_means(store, HOOK, wide)
+
+
+def test_max_contrast_passes_over_a_feature_another_concept_shares():
+    """Feature 0 is as much b's as a's: the paper's mean contrast still ranks it first for a,
+    because the mean over b, c and d dilutes b; the max contrast picks a's own feature 1."""
+    sums = np.array([[[6.0, 1.0, 1.0]], [[6.0, 0.0, 2.0]], [[0.0, 0.0, 8.0]], [[0.0, 0.0, 8.0]]])
+    m = ConceptMeans(concepts=["a", "b", "c", "d"], timesteps=[1], sums=sums,
+                     counts=np.ones(4, int))
+    assert select_features(m.scores("mean"), top_n=1)[0].tolist() == [[True, False, False]]
+    assert select_features(m.scores("max"), top_n=1)[0].tolist() == [[False, True, False]]
+    np.testing.assert_allclose(m.scores("max")[0, 0], [0.0, 0.125, -0.875])

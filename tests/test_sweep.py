@@ -27,6 +27,10 @@ def test_validation_cells_hold_the_concept_and_a_fixed_sample_of_the_others():
     assert validation_cells("object", ["star"], cfg).prompts == val.prompts, "fixed sample"
     words = [p.split() for p in val.prompts]
     assert all(ALL_STYLES[s] in w or ALL_STYLES[s] == "none" for s, w in zip(val.other_truth, words))
+    again = validation_cells("object", ["star"], cfg.model_copy(update={"finalist_seeds": 3}),
+                             finalists=True)
+    assert set(again.seeds) == {VAL_SEED_BASE + 2, VAL_SEED_BASE + 3, VAL_SEED_BASE + 4}
+    assert again.prompts == val.prompts[:18] * 3, "the same cells, on further seeds"
     style = validation_cells("style", ["neon"], SweepConfig(own=4, others=5))
     assert style.target.sum() == 4 and len(style.prompts) == 9
 
@@ -44,22 +48,32 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
     sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=8))
     cfg = SweepConfig(top_n=[1, 3], multipliers=[-1.0, -20.0], own=3, others=3, num_steps=2,
                       guidance=2.0)
-    rng = np.random.default_rng(0)
     timesteps = [999, 499]
 
     def edit(n: int, gamma: float) -> Edit:
         selected = np.zeros((1, 2, 128), bool)
         selected[0, :, :n] = True
-        return Edit.for_concepts(timesteps, selected, rng.random((1, 2, 128)) + 0.5, [gamma],
-                                 np.zeros((2, 128)))
+        means = np.random.default_rng(n).random((1, 2, 128)) + 0.5
+        return Edit.for_concepts(timesteps, selected, means, [gamma], np.zeros((2, 128)))
 
     n, gamma, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, cfg)
     assert [(r["top_n"], r["multiplier"]) for r in rows] == [(1, -1.0), (1, -20.0), (3, -1.0),
                                                             (3, -20.0)]
-    best = max(r["objective"] for r in rows)
-    assert any(r["objective"] == best and (r["top_n"], r["multiplier"]) == (n, gamma) for r in rows)
+    finals = [r for r in rows if r.get("finalist")]
+    assert len(finals) == 3, "the three best of the first judgement are judged again"
+    assert all(r["images"] == 6 + 2 * 6 for r in finals) and all(r["images"] == 6 for r in rows
+                                                             if r not in finals)
+    best = max(r["objective"] for r in finals)
+    assert any(r["objective"] == best and (r["top_n"], r["multiplier"]) == (n, gamma)
+               for r in finals)
     assert all(r["objective"] == pytest.approx((r["UA"] + r["IRA"]) / 2, abs=1e-4) for r in rows)
     assert all(0 <= r["CRA"] <= 1 for r in rows)
+
+    once = cfg.model_copy(update={"finalists": 0})
+    n, gamma, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, once)
+    assert not any(r.get("finalist") for r in rows)
+    best = max(r["objective"] for r in rows)
+    assert any(r["objective"] == best and (r["top_n"], r["multiplier"]) == (n, gamma) for r in rows)
 
     with_cra = cfg.model_copy(update={"objective": "ua_ira_cra"})
     _, _, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, with_cra)
@@ -98,7 +112,8 @@ def test_a_set_has_its_own_validation_cells_and_scale_sweep(fresh_pipeline_dir, 
 
     cfg = SweepConfig(own=3, others=3, num_steps=2, guidance=2.0)
     best, rows = sweep_set(pipe, judge, sae, HOOK, "style", ["neon", "pop"], edit, [1.0, 0.1], cfg)
-    assert scales == [1.0, 0.1] and [r["scale"] for r in rows] == [1.0, 0.1]
+    assert scales[:2] == [1.0, 0.1] and [r["scale"] for r in rows] == [1.0, 0.1]
+    assert sorted(scales[2:]) == [0.1, 1.0], "both scales are finalists, judged again"
     top = max(r["objective"] for r in rows)
     assert best == max(r["scale"] for r in rows if r["objective"] == top)
     assert rows[0]["concepts"] == "neon+pop"
