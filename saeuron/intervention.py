@@ -41,10 +41,10 @@ def gate_thresholds(gate: Gate, mean_all: np.ndarray, concept_means: np.ndarray,
     ((concept, timestep, feature)), with `mean_all` the (timestep, feature) mean of all."""
     if gate not in ("mean", "others", "image"):
         raise ValueError(f"unknown gate {gate!r}; use 'mean', 'others' or 'image'")
-    others = np.delete(concept_means, targets, axis=0)
-    most = others.max(0) if len(others) else np.zeros_like(mean_all)
     if gate == "mean":
         return mean_all, None
+    others = np.delete(concept_means, targets, axis=0)
+    most = others.max(0) if len(others) else np.zeros_like(mean_all)
     return (most, None) if gate == "others" else (mean_all, most)
 
 
