@@ -56,14 +56,17 @@ def unlearning_metrics(result: GridResult, domain: str, concepts: list[str]) -> 
 
 def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domain: str,
                  concepts: list[str], multiplier: float | None = None,
-                 scale: float = 1.0, gate: Gate = "mean") -> Edit:
+                 scale: float = 1.0, gate: Gate = "mean",
+                 selected: np.ndarray | None = None) -> Edit:
     """The edit that removes `concepts` of `domain`, from a feature store's contents (each
-    concept's multiplier, or `multiplier` for all, times `scale`), gated by `gate`."""
+    concept's multiplier, or `multiplier` for all, times `scale`), gated by `gate`; `selected`
+    ((concept, timestep, feature)) replaces the store's selection, as the sweep's candidates do."""
     d = domains[domain]
     rows = [d.index(c) for c in concepts]
     gammas = [scale * (float(d.multiplier[r]) if multiplier is None else multiplier)
               for r in rows]
-    return Edit.for_concepts(d.timesteps, d.selected[rows], d.mean[rows], gammas,
+    chosen = d.selected[rows] if selected is None else selected
+    return Edit.for_concepts(d.timesteps, chosen, d.mean[rows], gammas,
                              *gate_thresholds(gate, mean_all, d.mean, rows))
 
 

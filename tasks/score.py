@@ -9,7 +9,7 @@ from queue import Queue
 import numpy as np
 from prefect import get_run_logger, task
 
-from saeuron.intervention import Edit, gate_thresholds
+from saeuron.intervention import Edit
 from saeuron.minicanvas import JUDGE_DIR
 from saeuron.minicanvas.classifier import Judge
 from saeuron.pipeline import load_pipeline
@@ -17,6 +17,7 @@ from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import sweep_concept
 from saeuron.threads import torch_threads
 from saeuron.scoring import ConceptMeans, ScoreConfig, concept_means, select_features
+from saeuron.unlearning import concept_edit
 from storage.activations import ActivationStore
 from storage.features import DomainFeatures, sae_fingerprint, write_features
 
@@ -85,8 +86,8 @@ def run_sweep(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures]
         d = domains[name]
 
         def edit(n: int, gamma: float) -> Edit:
-            return Edit.for_concepts(d.timesteps, candidates[n][[c]], d.mean[[c]], [gamma],
-                                     *gate_thresholds(config.gate, mean_all, d.mean, [c]))
+            return concept_edit(mean_all, domains, name, [d.concepts[c]], multiplier=gamma,
+                                gate=config.gate, selected=candidates[n][[c]])
 
         pipe = pipes.get()
         try:
