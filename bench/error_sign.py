@@ -16,7 +16,7 @@ from saeuron.minicanvas.classifier import Judge
 from saeuron.pipeline import load_pipeline
 from saeuron.run import PipelineConfig
 from saeuron.sae import SparseAutoencoder
-from saeuron.unlearning import concept_edit, store_gate, unlearned_grid, unlearning_metrics
+from saeuron.unlearning import concept_edit, unlearned_grid, unlearning_metrics
 from storage.features import read_features, sae_fingerprint
 from storage.run import RunLayout
 
@@ -42,7 +42,7 @@ def main() -> None:
         folder = layout.sae_dir / hook
         sae = SparseAutoencoder.load(folder)
         attrs, mean_all, domains = read_features(layout.features(hook), sae_fingerprint(folder))
-        edit = concept_edit(mean_all, domains, domain, [concept], gate=store_gate(attrs))
+        edit = concept_edit(mean_all, domains, domain, [concept])
         got = {}
         for sign in (1, -1):
             result = unlearned_grid(pipe, judge, sae, hook, edit, tuple(ev.seeds()),

@@ -13,9 +13,9 @@ timestep value; a sampling timestep that was not scored uses the nearest scored 
 
 Where a latent is edited is the gate (`gate_thresholds`, an addition to the paper beyond
 "mean"): "mean" is the paper's rule above; "others" edits only where z_i exceeds the largest
-mean of any concept not targeted; "image" keeps the paper's rule but edits a feature only in
-pictures whose position-averaged z_i exceeds that largest mean, so a feature that also fires,
-more weakly, on other concepts' pictures is left alone there (BENCHMARKS.md).
+mean of any concept not targeted; "detect" keeps the paper's rule but edits a target concept's
+features only in the pictures where that concept is detected (`Detector`), so features that
+also fire, more weakly, on other concepts' pictures are left alone there (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -32,20 +32,68 @@ from saeuron.capture import feature_map, resolve_blocks, unet_timestep
 from saeuron.sae import SparseAutoencoder
 
 
-Gate = Literal["mean", "others", "image"]
+Gate = Literal["mean", "others", "detect"]
+
+DETECT_AT = 0.5
+"""Where a detector's cutoff lies between the most active rival concept (0) and the concept
+itself (1)."""
+DETECT_START = 900
+"""Pictures are checked, and edited, from this timestep down: at the first steps a picture is
+still mostly its noise, which moves the features' sums as much as the prompt does
+(BENCHMARKS.md). A concept already set at those steps (MiniCanvas's blueprint) cannot be
+removed this way; the sweep then falls back to another gate (SweepConfig.fallback_gate)."""
 
 
 def gate_thresholds(gate: Gate, mean_all: np.ndarray, concept_means: np.ndarray,
                     targets: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """(threshold, presence) of an Edit removing the `targets` rows of `concept_means`
-    ((concept, timestep, feature)), with `mean_all` the (timestep, feature) mean of all."""
-    if gate not in ("mean", "others", "image"):
-        raise ValueError(f"unknown gate {gate!r}; use 'mean', 'others' or 'image'")
+    """(threshold, rivals) of an Edit removing the `targets` rows of `concept_means`
+    ((concept, timestep, feature)), with `mean_all` the (timestep, feature) mean of all;
+    `rivals` ("detect" only): per target, the largest mean of any other concept."""
+    if gate not in ("mean", "others", "detect"):
+        raise ValueError(f"unknown gate {gate!r}; use 'mean', 'others' or 'detect'")
     if gate == "mean":
         return mean_all, None
-    others = np.delete(concept_means, targets, axis=0)
-    most = others.max(0) if len(others) else np.zeros_like(mean_all)
-    return (most, None) if gate == "others" else (mean_all, most)
+    if gate == "others":
+        others = np.delete(concept_means, targets, axis=0)
+        return (others.max(0) if len(others) else np.zeros_like(mean_all)), None
+    rivals = [np.delete(concept_means, [t], axis=0) for t in targets]
+    return mean_all, np.stack([r.max(0) if len(r) else np.zeros_like(mean_all) for r in rivals])
+
+
+@dataclass
+class Detector:
+    """Per target concept, at each timestep: a picture shows the concept when the sum of its
+    selected features' position-averaged latents, as a share of the concept's own mean sum,
+    passes DETECT_AT of the way from the most active rival concept's share to 1. A picture
+    stays detected for the rest of its sampling run (once the edit fades the concept, its
+    features would fall below the cutoff and the edit would stop), and only the concepts
+    detected in a picture are edited there. Each batch row is checked on its own, so the
+    unconditional half of a CFG batch is edited only once it shows the concept itself, and the
+    guidance keeps pushing the picture away from the concept meanwhile."""
+
+    selected: np.ndarray
+    """(concept, timestep, feature) bool."""
+    factor: np.ndarray
+    """(concept, timestep, feature): the concept's factor where selected, else inf."""
+    weight: np.ndarray
+    """(concept, timestep, feature): selected / the concept's mean sum over them."""
+    cutoff: np.ndarray
+    """(concept, timestep); inf: never detected at that step (before DETECT_START); -inf: edited
+    in every picture at that step, without latching (a concept whose own gate is not this)."""
+
+    @classmethod
+    def build(cls, timesteps: list[int], selected: np.ndarray, factor: np.ndarray,
+              concept_mean: np.ndarray, rivals: np.ndarray, start: int = DETECT_START,
+              everywhere: list[bool] | None = None) -> "Detector":
+        """`everywhere`: per concept, edit it in every picture at every step instead."""
+        own = (concept_mean * selected).sum(-1)
+        weight = selected / np.maximum(own, 1e-12)[..., None]
+        rival = (rivals * weight).sum(-1)
+        cutoff = np.where(np.asarray(timesteps) <= start, rival + DETECT_AT * (1 - rival), np.inf)
+        if everywhere is not None:
+            cutoff[np.asarray(everywhere, bool)] = -np.inf
+        return cls(selected, factor.astype(np.float32), weight.astype(np.float32),
+                   cutoff.astype(np.float32))
 
 
 @dataclass
@@ -59,9 +107,8 @@ class Edit:
     """(timestep, feature) gamma * mu(i, t, D_c): a hit latent z_i becomes factor_i * z_i."""
     threshold: np.ndarray
     """(timestep, feature): a latent is edited only where it exceeds this (mu(i, t, D))."""
-    presence: np.ndarray | None = None
-    """(timestep, feature) or None: if set, only in pictures whose position-averaged latent
-    exceeds this."""
+    detector: Detector | None = None
+    """If set, each concept's features are edited only in pictures where it is detected."""
 
     def row(self, t: int) -> int:
         """Index of the scored timestep nearest to t (by value, never by step number)."""
@@ -70,9 +117,11 @@ class Edit:
     @classmethod
     def for_concepts(cls, timesteps: list[int], selected: np.ndarray, concept_mean: np.ndarray,
                      multipliers: list[float], threshold: np.ndarray,
-                     presence: np.ndarray | None = None) -> "Edit":
+                     rivals: np.ndarray | None = None,
+                     everywhere: list[bool] | None = None) -> "Edit":
         """Union over concepts: `selected` and `concept_mean` are (concept, timestep, feature);
-        `threshold` and `presence` as the fields (`gate_thresholds`).
+        `threshold` and `rivals` as `gate_thresholds` returns them (rivals: with a detector,
+        which edits the `everywhere` concepts in every picture).
 
         Where several concepts select the same feature, the strongest (most negative) factor wins.
         """
@@ -82,14 +131,20 @@ class Edit:
                               "kept or amplified instead of removed", stacklevel=2)
         gammas = np.asarray(multipliers, np.float32)[:, None, None]
         factors = np.where(selected, gammas * concept_mean, np.inf)
+        detector = (None if rivals is None else
+                    Detector.build(timesteps, selected, factors, concept_mean, rivals,
+                                   everywhere=everywhere))
         return cls(timesteps=list(timesteps), selected=selected.any(0),
                    factor=np.where(selected.any(0), factors.min(0), 1.0).astype(np.float32),
-                   threshold=threshold.astype(np.float32),
-                   presence=None if presence is None else presence.astype(np.float32))
+                   threshold=threshold.astype(np.float32), detector=detector)
 
 
 class Unlearn:
-    """Context manager that edits a block's output with an SAE during sampling."""
+    """Context manager that edits a block's output with an SAE during sampling.
+
+    With a detector, which pictures (batch rows) are detected is kept across the UNet calls of
+    one sampling run; a call at a higher timestep than the last, or with another batch size,
+    starts a new run."""
 
     def __init__(self, unet: nn.Module, block: str, sae: SparseAutoencoder, edit: Edit | None,
                  error_sign: int = 1):
@@ -98,6 +153,7 @@ class Unlearn:
         self.unet, self.sae, self.edit, self.error_sign = unet, sae, edit, error_sign
         self.module = resolve_blocks(unet, [block])[block]
         self._t: int | None = None
+        self._detected: torch.Tensor | None = None
         self._handles: list = []
         self.edited_fraction: list[float] = []
         """Per UNet call, the share of (position, selected feature) pairs that were edited."""
@@ -113,7 +169,10 @@ class Unlearn:
         self._handles = []
 
     def _on_unet(self, _m: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._t = unet_timestep(args, kwargs)
+        t = unet_timestep(args, kwargs)
+        if self._t is not None and t is not None and t > self._t:
+            self._detected = None
+        self._t = t
 
     @torch.no_grad()
     def _on_block(self, _m: nn.Module, _args: tuple, output: object) -> object:
@@ -124,15 +183,19 @@ class Unlearn:
         edited = acts
         if self.edit is not None and self._t is not None:
             row = self.edit.row(self._t)
-            selected = torch.from_numpy(self.edit.selected[row]).to(x.device)
             threshold = torch.from_numpy(self.edit.threshold[row]).float().to(x.device)
-            factor = torch.from_numpy(self.edit.factor[row]).to(x.device)
-            hit = selected[idx] & (acts > threshold[idx])
-            if self.edit.presence is not None:
-                presence = torch.from_numpy(self.edit.presence[row]).float().to(x.device)
-                hit &= _present(acts, idx, b, h * w, presence)
-            edited = torch.where(hit, factor[idx] * acts, acts)
-            self.edited_fraction.append(float(hit.sum()) / max(1, int(selected.sum()) * len(vectors)))
+            if self.edit.detector is None:
+                selected = torch.from_numpy(self.edit.selected[row]).to(x.device)
+                factor = torch.from_numpy(self.edit.factor[row]).to(x.device)
+                hit = selected[idx] & (acts > threshold[idx])
+                factor = factor[idx]
+            else:
+                picture = torch.arange(b, device=idx.device).repeat_interleave(h * w)[:, None]
+                factor = self._detected_factor(acts, idx, picture, b, row)[picture, idx]
+                hit = torch.isfinite(factor) & (acts > threshold[idx])
+            edited = torch.where(hit, factor * acts, acts)
+            n_selected = int(self.edit.selected[row].sum())
+            self.edited_fraction.append(float(hit.sum()) / max(1, n_selected * len(vectors)))
         recon = self.sae.decode(acts, idx)
         new = self.sae.decode(edited, idx)
         if self.error_sign == 1:
@@ -142,16 +205,24 @@ class Unlearn:
         out = out.to(x.dtype).reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
         return _replace_feature_map(output, out)
 
-
-def _present(acts: torch.Tensor, idx: torch.Tensor, pictures: int, positions: int,
-             presence: torch.Tensor) -> torch.Tensor:
-    """(vector, k) bool: the latent's mean over its picture's positions exceeds `presence`.
-    Vectors are picture-major; sums go to a (picture, latent) table, never (vector, latent)."""
-    n_latents = presence.shape[0]
-    picture = torch.arange(pictures, device=idx.device).repeat_interleave(positions)[:, None]
-    flat = (picture * n_latents + idx).flatten()
-    sums = torch.zeros(pictures * n_latents, device=acts.device).index_add_(0, flat, acts.flatten())
-    return (sums / positions > presence.repeat(pictures))[flat].view_as(idx)
+    def _detected_factor(self, acts: torch.Tensor, idx: torch.Tensor, picture: torch.Tensor,
+                         pictures: int, row: int) -> torch.Tensor:
+        """(picture, latent) factor of the concepts detected in each picture so far, or edited
+        everywhere at this step (inf where none of them selects the latent). `picture`: each
+        vector's picture; latent sums go to a (picture, latent) table, never (vector, latent)."""
+        det = self.edit.detector
+        n_latents = det.weight.shape[-1]
+        means = torch.zeros(pictures * n_latents, device=acts.device).index_add_(
+            0, (picture * n_latents + idx).flatten(), acts.flatten()).view(pictures, -1)
+        means /= len(acts) // pictures
+        score = means @ torch.from_numpy(det.weight[:, row]).float().to(acts.device).T
+        cutoff = torch.from_numpy(det.cutoff[:, row]).float().to(acts.device)
+        now = score > cutoff
+        if self._detected is None or self._detected.shape != now.shape:
+            self._detected = torch.zeros_like(now)
+        self._detected |= now & torch.isfinite(cutoff)  # -inf: edited everywhere, not detected
+        factor = torch.from_numpy(det.factor[:, row]).float().to(acts.device)
+        return torch.where((self._detected | now)[:, :, None], factor[None], torch.inf).amin(1)
 
 
 def _replace_feature_map(output: object, fmap: torch.Tensor) -> object:

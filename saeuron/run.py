@@ -42,10 +42,8 @@ class PipelineConfig(Config):
     score: ScoreConfig = Field(default_factory=lambda: ScoreConfig(sweep=default_sweeps()),
                                description="Feature scoring and selection (by default with the "
                                "per-concept sweep of n and multiplier).")
-    evaluate: EvaluateConfig = Field(
-        default_factory=lambda: EvaluateConfig(set_scales=[1.0, 0.7, 0.5, 0.35]),
-        description="Unlearning targets and evaluation sampling (by default with the sweep of "
-        "each style set's multiplier scale).")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,
+                                     description="Unlearning targets and evaluation sampling.")
     force: list[Stage] = Field([], description="Stages to rerun even when cached.")
 
     @model_validator(mode="after")

@@ -200,12 +200,13 @@ class ScoreConfig(Config):
                                "compared with: 'mean', the other concepts' mean (the paper), or "
                                "'max', the most active other concept (an addition: keeps out "
                                "features two concepts share; see BENCHMARKS.md).")
-    gate: Gate = Field("mean", description="Where the edit applies, for the sweep and for "
-                       "evaluation: 'mean', where a latent exceeds its mean over all concepts "
-                       "(the paper); 'others', where it exceeds the largest mean of any other "
-                       "concept; 'image', the paper's rule, only in pictures whose position-"
-                       "averaged latent exceeds that largest mean (spares other concepts' "
-                       "pictures but can stop editing once the concept fades; BENCHMARKS.md).")
+    gate: Gate = Field("detect", description="Where the edit applies, for the sweep and for "
+                       "evaluation: 'detect', the paper's rule, only in pictures where the "
+                       "concept's selected features are detected (an addition: spares other "
+                       "concepts' pictures; saeuron.intervention.Detector, BENCHMARKS.md); "
+                       "'mean', where a latent exceeds its mean over all concepts (the paper); "
+                       "'others', where it exceeds the largest mean of any other concept. The "
+                       "sweep may give a concept its fallback_gate instead.")
     exclusive: bool = Field(True, description="Select a feature for a concept only where that "
                             "concept has its highest mean activation (an addition to the paper: "
                             "keeps features shared by all concepts out; see BENCHMARKS.md).")

@@ -9,7 +9,10 @@ picture), and a dozen validation pictures place it roughly, so the best `finalis
 are judged again on `finalist_seeds` further validation seeds and chosen on every picture they
 were judged on (successive halving; an addition to the paper).
 `objective: ua_ira_cra` adds CRA, (UA + IRA + CRA) / 3, for edits that must spare the other
-domain too (an addition to the paper). A set of concepts removed at once gets its own, smaller
+domain too (an addition to the paper). Where no candidate removes the concept under the
+configured gate, the candidates are judged under `fallback_gate` too, and the concept keeps the
+gate of its best candidate (with 'detect': concepts set at the first steps, before pictures
+can be checked). A set of concepts removed at once gets its own, smaller
 sweep: one scale of all its concepts' multipliers (`sweep_set`), since the union of edits
 chosen one concept at a time is far stronger than each (BENCHMARKS.md).
 """
@@ -23,7 +26,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from saeuron.config import Config
-from saeuron.intervention import Edit, Unlearn
+from saeuron.intervention import Edit, Gate, Unlearn
 from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.data import ALL_STYLES, cells
 from saeuron.minicanvas.prompts import prompt_for
@@ -55,6 +58,13 @@ class SweepConfig(Config):
                            "pictures (0: choose on the first judgement).")
     finalist_seeds: int = Field(2, ge=1, le=100, description="Validation seeds of the finalists' "
                                 "second judgement (after the first n_seeds).")
+    fallback_gate: Gate | None = Field(
+        "mean", description="Gate whose candidates are judged too when none under score.gate "
+        "reaches fallback_below validation UA (a concept that gate cannot remove: with "
+        "'detect', one already set at the first, noisiest steps); the best of both is kept, "
+        "and the concept's gate is stored with its selection. None: never.")
+    fallback_below: float = Field(0.5, ge=0, le=1, description="Validation UA below which the "
+                                  "fallback gate is tried.")
     workers: int = Field(2, ge=1, le=64, description="Concepts swept at once (threads, each with "
                          "its own copy of the model, one torch thread each).")
 
@@ -153,19 +163,27 @@ def _finals(rows: list[dict], judge_again: Callable[[dict, ValidationCells], dic
 
 
 def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, domain: str,
-                  concept: str, edits: Callable[[int, float], Edit],
-                  cfg: SweepConfig) -> tuple[int, float, list[dict]]:
-    """(best n, best multiplier, one row per candidate) for one concept; `edits(n, gamma)`
-    gives the edit of the candidate."""
+                  concept: str, edits: Callable[[int, float, Gate], Edit], cfg: SweepConfig,
+                  gate: Gate = "mean") -> tuple[int, float, Gate, list[dict]]:
+    """(best n, best multiplier, its gate, one row per candidate) for one concept;
+    `edits(n, gamma, gate)` gives the edit of the candidate. The candidates are judged under
+    `gate`, and also under cfg.fallback_gate if none of them reaches cfg.fallback_below UA."""
     val = validation_cells(domain, [concept], cfg)
-    rows = [{"domain": domain, "concept": concept, "top_n": n, "multiplier": gamma,
-             **judge_candidate(pipe, judge, sae, hook, domain, edits(n, gamma), val, cfg)}
-            for n in cfg.top_n for gamma in cfg.multipliers]
-    best = _finals(rows, lambda r, v: judge_candidate(pipe, judge, sae, hook, domain,
-                                                      edits(r["top_n"], r["multiplier"]), v, cfg),
-                   lambda r: (r["objective"], -r["top_n"], r["multiplier"]), domain, [concept],
-                   cfg)
-    return best["top_n"], best["multiplier"], rows
+
+    def judged(g: Gate) -> list[dict]:
+        return [{"domain": domain, "concept": concept, "gate": g, "top_n": n, "multiplier": gamma,
+                 **judge_candidate(pipe, judge, sae, hook, domain, edits(n, gamma, g), val, cfg)}
+                for n in cfg.top_n for gamma in cfg.multipliers]
+
+    rows = judged(gate)
+    if (cfg.fallback_gate not in (None, gate)
+            and max(r["UA"] for r in rows) < cfg.fallback_below):
+        rows += judged(cfg.fallback_gate)
+    best = _finals(rows, lambda r, v: judge_candidate(
+        pipe, judge, sae, hook, domain, edits(r["top_n"], r["multiplier"], r["gate"]), v, cfg),
+        lambda r: (r["objective"], r["gate"] == gate, -r["top_n"], r["multiplier"]), domain,
+        [concept], cfg)
+    return best["top_n"], best["multiplier"], best["gate"], rows
 
 
 def sweep_set(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, domain: str,

@@ -56,23 +56,25 @@ def unlearning_metrics(result: GridResult, domain: str, concepts: list[str]) -> 
 
 def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domain: str,
                  concepts: list[str], multiplier: float | None = None,
-                 scale: float = 1.0, gate: Gate = "mean",
+                 scale: float = 1.0, gate: Gate | None = None,
                  selected: np.ndarray | None = None) -> Edit:
     """The edit that removes `concepts` of `domain`, from a feature store's contents (each
-    concept's multiplier, or `multiplier` for all, times `scale`), gated by `gate`; `selected`
-    ((concept, timestep, feature)) replaces the store's selection, as the sweep's candidates do."""
+    concept's multiplier, or `multiplier` for all, times `scale`), gated by `gate`, or with None
+    by each concept's own gate (the store's); concepts whose own gates differ are detected
+    where theirs is 'detect' and edited everywhere by the paper's rule where it is not.
+    `selected` ((concept, timestep, feature)) replaces the store's selection, as the sweep's
+    candidates do."""
     d = domains[domain]
     rows = [d.index(c) for c in concepts]
     gammas = [scale * (float(d.multiplier[r]) if multiplier is None else multiplier)
               for r in rows]
     chosen = d.selected[rows] if selected is None else selected
+    own = [d.gate[r] for r in rows]
+    mixed = gate is None and len(set(own)) > 1
+    gate = "detect" if mixed else (gate or own[0])
     return Edit.for_concepts(d.timesteps, chosen, d.mean[rows], gammas,
-                             *gate_thresholds(gate, mean_all, d.mean, rows))
-
-
-def store_gate(attrs: dict) -> Gate:
-    """The gate a feature store's edits were chosen with (stores before the option: the paper's)."""
-    return attrs.get("config", {}).get("gate", "mean")
+                             *gate_thresholds(gate, mean_all, d.mean, rows),
+                             everywhere=[g != "detect" for g in own] if mixed else None)
 
 
 def unlearned_grid(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, block: str,
@@ -107,10 +109,12 @@ class EvaluateConfig(Config):
         [1.0], min_length=1, description="Scales of a set's multipliers tried on validation "
         "prompts before the set is evaluated (the set's own sweep, (UA + IRA) / 2; MiniCanvas "
         "grid only). [1.0]: each concept's own multiplier, as the paper.")
-    set_gate: Gate = Field("others", description="Where a set's edit applies (single targets "
-                           "use the gate their features were chosen with, score.gate): 'mean' "
-                           "(the paper), 'others' (where a latent exceeds the largest mean of "
-                           "the concepts outside the set), 'image' (see score.gate).")
+    set_gate: Gate | None = Field(None, description="Where a set's edit applies: None, each "
+                                  "concept's own gate (the one its features were chosen with: "
+                                  "score.gate or the sweep's fallback, as for single targets); "
+                                  "'mean' (the paper), 'others' (where a latent exceeds the "
+                                  "largest mean of the concepts outside the set), 'detect' "
+                                  "(each concept only where it is detected; see score.gate).")
     set_sweep: SweepConfig = Field(default_factory=lambda: SweepConfig(own=10, others=10),
                                    description="Validation cells and sampling of the set sweep "
                                    "(its top_n and multipliers are not used).")

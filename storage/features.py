@@ -9,6 +9,8 @@ Layout (Zarr v3; each domain group opens with `xarray.open_zarr(url, group=domai
     <domain>/score                (concept, timestep, feature)
     <domain>/selected             (concept, timestep, feature) bool
     <domain>/multiplier           (concept,)            gamma of the intervention
+    <domain>/gate                 (concept,)            where its edit applies (stores
+                                                        without it: the score config's gate)
     attrs: sae_fingerprint, hook, selection options
 
 The SAE fingerprint (hash of its weights file) ties the store to the SAE it was scored with:
@@ -41,6 +43,8 @@ class DomainFeatures:
     score: np.ndarray
     selected: np.ndarray
     multiplier: np.ndarray
+    gate: list[str]
+    """Per concept, where its edit applies (saeuron.intervention.Gate)."""
 
     def index(self, concept: str) -> int:
         if concept not in self.concepts:
@@ -62,6 +66,7 @@ def write_features(url: str, *, hook: str, sae_fp: str, mean_all: np.ndarray,
         _array(sub, "selected", d.selected.astype(bool), dims)
         _array(sub, "count", d.count.astype(np.int64), ("concept",))
         _array(sub, "multiplier", d.multiplier.astype(np.float32), ("concept",))
+        _array(sub, "gate", np.asarray(d.gate, dtype=object), ("concept",))
     group.attrs.update({**attrs, "hook": hook})
     group.attrs["sae_fingerprint"] = sae_fp
 
@@ -89,9 +94,11 @@ def read_features(url: str, sae_fp: str | None = None) -> tuple[dict[str, Any], 
     domains = {}
     for name in (d for d in DOMAINS if d in group):
         sub = group[name]
+        concepts = [str(c) for c in sub["concept"][:]]
+        gate = ([str(g) for g in sub["gate"][:]] if "gate" in sub else
+                [attrs.get("config", {}).get("gate", "mean")] * len(concepts))
         domains[name] = DomainFeatures(
-            concepts=[str(c) for c in sub["concept"][:]],
-            timesteps=[int(t) for t in sub["timestep"][:]], mean=sub["mean"][:],
-            count=sub["count"][:], score=sub["score"][:], selected=sub["selected"][:],
-            multiplier=sub["multiplier"][:])
+            concepts=concepts, timesteps=[int(t) for t in sub["timestep"][:]],
+            mean=sub["mean"][:], count=sub["count"][:], score=sub["score"][:],
+            selected=sub["selected"][:], multiplier=sub["multiplier"][:], gate=gate)
     return attrs, group["mean_all"][:], domains

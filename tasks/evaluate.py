@@ -11,8 +11,7 @@ from saeuron.minicanvas.evaluate import grid_picture
 from saeuron.pipeline import load_pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import sweep_set
-from saeuron.unlearning import (EvaluateConfig, concept_edit, store_gate, unlearned_grid,
-                                 unlearning_metrics)
+from saeuron.unlearning import EvaluateConfig, concept_edit, unlearned_grid, unlearning_metrics
 from storage.features import read_features, sae_fingerprint
 
 
@@ -24,8 +23,8 @@ def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, hook
     logger = get_run_logger()
     folder = Path(sae_dir) / hook
     sae = SparseAutoencoder.load(folder, device=config.device)
-    attrs, mean_all, domains = read_features(features_url, sae_fingerprint(folder))
-    gate = config.set_gate if len(concepts) > 1 else store_gate(attrs)
+    _, mean_all, domains = read_features(features_url, sae_fingerprint(folder))
+    gate = config.set_gate if len(concepts) > 1 else None
     pipe = load_pipeline(HarvestConfig(model=config.model).model_path(), device=config.device)
     scale = 1.0
     if domain and len(concepts) > 1 and config.set_scales != [1.0]:

@@ -9,7 +9,7 @@ from queue import Queue
 import numpy as np
 from prefect import get_run_logger, task
 
-from saeuron.intervention import Edit
+from saeuron.intervention import Edit, Gate
 from saeuron.minicanvas import JUDGE_DIR
 from saeuron.minicanvas.classifier import Judge
 from saeuron.pipeline import load_pipeline
@@ -58,7 +58,8 @@ def select(m: ConceptMeans, config: ScoreConfig, top_n: int | None = None) -> Do
                                eligible=m.exclusive() if config.exclusive else None)
     return DomainFeatures(concepts=m.concepts, timesteps=m.timesteps, mean=m.means, count=m.counts,
                           score=scores, selected=selected,
-                          multiplier=np.full(len(m.concepts), config.multiplier))
+                          multiplier=np.full(len(m.concepts), config.multiplier),
+                          gate=[config.gate] * len(m.concepts))
 
 
 def run_sweep(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures],
@@ -81,27 +82,27 @@ def run_sweep(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures]
                       for n in getattr(config.sweep, name).top_n}
         jobs += [(name, c, candidates) for c, concept in enumerate(d.concepts) if concept != "none"]
 
-    def sweep_one(job: tuple) -> tuple[int, float, list[dict]]:
+    def sweep_one(job: tuple) -> tuple[int, float, Gate, list[dict]]:
         name, c, candidates = job
         d = domains[name]
 
-        def edit(n: int, gamma: float) -> Edit:
+        def edit(n: int, gamma: float, gate: Gate) -> Edit:
             return concept_edit(mean_all, domains, name, [d.concepts[c]], multiplier=gamma,
-                                gate=config.gate, selected=candidates[n][[c]])
+                                gate=gate, selected=candidates[n][[c]])
 
         pipe = pipes.get()
         try:
             return sweep_concept(pipe, judge, sae, hook, name, d.concepts[c], edit,
-                                 getattr(config.sweep, name))
+                                 getattr(config.sweep, name), config.gate)
         finally:
             pipes.put(pipe)
 
     rows = []
     with torch_threads(1), ThreadPoolExecutor(workers) as pool:
-        for (name, c, candidates), (n, gamma, mine) in zip(jobs, pool.map(sweep_one, jobs)):
+        for (name, c, candidates), (n, gamma, gate, mine) in zip(jobs, pool.map(sweep_one, jobs)):
             d = domains[name]
-            d.selected[c], d.multiplier[c] = candidates[n][c], gamma
+            d.selected[c], d.multiplier[c], d.gate[c] = candidates[n][c], gamma, gate
             rows += mine
-            logger.info(f"sweep {name} {d.concepts[c]}: top_n {n}, multiplier {gamma} "
-                        f"({max(r['objective'] for r in mine):.3f})")
+            logger.info(f"sweep {name} {d.concepts[c]}: top_n {n}, multiplier {gamma}, gate "
+                        f"{gate} ({max(r['objective'] for r in mine):.3f})")
     return rows

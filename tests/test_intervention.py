@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saeuron.capture import Capture
-from saeuron.intervention import Edit, Unlearn, gate_thresholds
+from saeuron.intervention import Detector, Edit, Unlearn, gate_thresholds
 from saeuron.pipeline import load_pipeline
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.sampling import sample, schedule_timesteps
@@ -68,11 +68,13 @@ def test_the_rule_edits_selected_features_above_the_mean(pipe, sae):
     assert unlearn.edited_fraction[0] > 0
 
 
-def test_the_image_gate_edits_only_pictures_where_the_feature_is_present(pipe, sae):
-    """With a presence threshold between pictures' position-averaged latent, the same selected
-    feature is edited in some pictures and left alone in the others."""
-    first = schedule_timesteps(pipe, 4)[0]
-    with Capture(pipe.unet, [HOOK], timesteps=[first], cfg=False) as plain:
+def test_the_detect_gate_edits_only_pictures_where_the_concept_was_detected(pipe, sae):
+    """A detector that sees a concept in one picture at the first step edits that concept's
+    feature there exactly as the rule says, spares the other picture and an undetected
+    concept's feature, keeps editing the detected picture at later steps, and forgets it when
+    a new sampling run starts."""
+    steps = schedule_timesteps(pipe, 4)
+    with Capture(pipe.unet, [HOOK], timesteps=[steps[0]], cfg=False) as plain:
         sample(pipe, PROMPTS[:2], SEEDS[:2], num_steps=4)
     x = torch.from_numpy(plain.take()[1][HOOK][:, 0])
     pictures, positions = x.shape[:2]  # both halves of the CFG batch
@@ -84,10 +86,22 @@ def test_the_image_gate_edits_only_pictures_where_the_feature_is_present(pipe, s
     low, high = per_picture[:, feature].min().item(), per_picture[:, feature].max().item()
     assert high > low, "the test needs a feature more present in some pictures"
 
-    edit = edit_for(pipe, sae, selected_features=[feature], multiplier=-3.0)
-    edit.presence = np.full_like(edit.threshold, (low + high) / 2)
-    with Unlearn(pipe.unet, HOOK, sae, edit), \
-            Capture(pipe.unet, [HOOK], timesteps=[first], cfg=False) as edited:
+    active = (z > 0).sum(0)
+    active[feature] = -1
+    other = int(active.argmax())
+    assert (z[:, other] > 0).any()
+    edit = edit_for(pipe, sae, selected_features=[feature, other], multiplier=-3.0)
+    selected = np.zeros((2, *edit.selected.shape), bool)  # two concepts, one feature each
+    selected[0, :, feature] = selected[1, :, other] = True
+    weight = selected.astype(np.float32)  # a concept's score is its feature's picture mean
+    cutoff = np.full((2, len(steps)), np.inf, np.float32)  # the second is never detected
+    cutoff[0, 0] = (low + high) / 2  # the first is checked at the first step only
+    edit.detector = Detector(selected, np.where(selected, -1.5, np.inf), weight, cutoff)
+    with Unlearn(pipe.unet, HOOK, sae, edit) as unlearn, \
+            Capture(pipe.unet, [HOOK], timesteps=[steps[0]], cfg=False) as edited:
+        sample(pipe, PROMPTS[:2], SEEDS[:2], num_steps=4)
+        first_run = list(unlearn.edited_fraction)
+        edit.detector.cutoff[0, 0] = np.inf
         sample(pipe, PROMPTS[:2], SEEDS[:2], num_steps=4)
     got = torch.from_numpy(edited.take()[1][HOOK][:, 0]).reshape(-1, sae.cfg.d_in)
 
@@ -97,18 +111,36 @@ def test_the_image_gate_edits_only_pictures_where_the_feature_is_present(pipe, s
     z_edit[:, feature] = torch.where(hit, -1.5 * z[:, feature], z[:, feature])
     expected = x + (z_edit - z) @ sae.W_dec
     assert hit.any() and (z[~present, feature] > 0).any(), "some pictures edited, some spared"
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[:len(x)], expected, rtol=1e-4, atol=1e-4)
+    assert len(first_run) == 4 and all(f > 0 for f in first_run), "detected pictures stay edited"
+    assert unlearn.edited_fraction[4:] == [0.0] * 4, "a new run starts with nothing detected"
+
+
+def test_a_detector_cuts_halfway_between_the_rival_and_the_concept():
+    timesteps = [950, 500]
+    selected = np.array([[[True, True, False], [True, False, False]]])
+    mean = np.array([[[2.0, 2.0, 9.0], [4.0, 1.0, 1.0]]], np.float32)
+    rivals = np.array([[[1.0, 0.0, 9.0], [1.0, 3.0, 3.0]]], np.float32)
+    det = Detector.build(timesteps, selected, np.where(selected, -1.0, np.inf), mean, rivals,
+                         start=900)
+    assert det.cutoff[0, 0] == np.inf, "no picture is checked above the start timestep"
+    assert det.cutoff[0, 1] == pytest.approx(0.25 + 0.5 * 0.75)  # rival share 1/4
+    np.testing.assert_allclose(det.weight[0, 1], [0.25, 0, 0])
+    always = Detector.build(timesteps, selected, np.where(selected, -1.0, np.inf), mean, rivals,
+                            everywhere=[True])
+    assert (always.cutoff == -np.inf).all(), "a concept of another gate is edited everywhere"
 
 
 def test_gates_threshold_at_the_mean_or_the_most_active_other_concept():
     means = np.array([[[1.0, 0.2]], [[0.5, 0.9]], [[0.1, 0.3]]], np.float32)
     mean_all = means.mean(0)
-    threshold, presence = gate_thresholds("mean", mean_all, means, [0])
-    assert presence is None and np.array_equal(threshold, mean_all)
-    threshold, presence = gate_thresholds("others", mean_all, means, [0])
-    assert presence is None and np.array_equal(threshold, means[1])
-    threshold, presence = gate_thresholds("image", mean_all, means, [0, 1])
-    assert np.array_equal(threshold, mean_all) and np.array_equal(presence, means[2])
+    threshold, rivals = gate_thresholds("mean", mean_all, means, [0])
+    assert rivals is None and np.array_equal(threshold, mean_all)
+    threshold, rivals = gate_thresholds("others", mean_all, means, [0])
+    assert rivals is None and np.array_equal(threshold, means[1])
+    threshold, rivals = gate_thresholds("detect", mean_all, means, [0, 1])
+    assert np.array_equal(threshold, mean_all)
+    np.testing.assert_allclose(rivals, [[[0.5, 0.9]], [[1.0, 0.3]]])
     with pytest.raises(ValueError, match="unknown gate 'all'"):
         gate_thresholds("all", mean_all, means, [0])
 

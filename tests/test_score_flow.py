@@ -34,6 +34,7 @@ def test_score_flow_writes_the_feature_store(tmp_path, prefect_api):
     assert style.concepts == ["none", "ocean", "pop"]
     assert style.selected.shape == (3, 3, 32) and (style.selected.sum(-1) >= 2).all()
     assert style.count.sum() == 24 and np.all(style.multiplier == ScoreConfig().multiplier)
+    assert style.gate == [ScoreConfig().gate] * 3, "each concept's gate is stored"
     ds = xr.open_zarr(out, group="style", consolidated=False)
     assert ds["score"].dims == ("concept", "timestep", "feature")
     with pytest.raises(ValueError, match="scored with another SAE"):

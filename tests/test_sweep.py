@@ -50,13 +50,14 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
                       guidance=2.0)
     timesteps = [999, 499]
 
-    def edit(n: int, gamma: float) -> Edit:
+    def edit(n: int, gamma: float, gate: str) -> Edit:
         selected = np.zeros((1, 2, 128), bool)
         selected[0, :, :n] = True
         means = np.random.default_rng(n).random((1, 2, 128)) + 0.5
         return Edit.for_concepts(timesteps, selected, means, [gamma], np.zeros((2, 128)))
 
-    n, gamma, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, cfg)
+    n, gamma, gate, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, cfg)
+    assert gate == "mean" and {r["gate"] for r in rows} == {"mean"}
     assert [(r["top_n"], r["multiplier"]) for r in rows] == [(1, -1.0), (1, -20.0), (3, -1.0),
                                                             (3, -20.0)]
     finals = [r for r in rows if r.get("finalist")]
@@ -70,15 +71,36 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
     assert all(0 <= r["CRA"] <= 1 for r in rows)
 
     once = cfg.model_copy(update={"finalists": 0})
-    n, gamma, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, once)
+    n, gamma, _, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, once)
     assert not any(r.get("finalist") for r in rows)
     best = max(r["objective"] for r in rows)
     assert any(r["objective"] == best and (r["top_n"], r["multiplier"]) == (n, gamma) for r in rows)
 
     with_cra = cfg.model_copy(update={"objective": "ua_ira_cra"})
-    _, _, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, with_cra)
+    _, _, _, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, with_cra)
     assert all(r["objective"] == pytest.approx((r["UA"] + r["IRA"] + r["CRA"]) / 3, abs=1e-4)
                for r in rows)
+
+
+def test_the_fallback_gate_is_judged_only_where_the_gate_cannot_remove_the_concept(
+        shipped_pipeline, judge):
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=8))
+    cfg = SweepConfig(top_n=[1], multipliers=[-1.0], own=3, others=3, finalists=0)
+
+    def edit(n: int, gamma: float, gate: str) -> Edit:  # selects nothing: neon stays drawn
+        return Edit.for_concepts([999], np.zeros((1, 1, 128), bool), np.ones((1, 1, 128)),
+                                 [gamma], np.zeros((1, 128)))
+
+    n, gamma, gate, rows = sweep_concept(shipped_pipeline, judge, sae, HOOK, "style", "neon",
+                                         edit, cfg, "detect")
+    assert [r["gate"] for r in rows] == ["detect", "mean"]
+    assert rows[0]["UA"] < cfg.fallback_below
+    assert gate == "detect", "a tie keeps the sweep's own gate"
+    never = cfg.model_copy(update={"fallback_gate": None})
+    _, _, _, rows = sweep_concept(shipped_pipeline, judge, sae, HOOK, "style", "neon", edit,
+                                  never, "detect")
+    assert [r["gate"] for r in rows] == ["detect"]
 
 
 def test_exclusive_selection_keeps_only_features_the_concept_leads():

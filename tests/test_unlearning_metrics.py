@@ -70,7 +70,7 @@ def test_concept_edit_from_a_feature_store_and_a_grid_run(fresh_pipeline_dir, ju
     domains = {"style": DomainFeatures(
         concepts=["none", "sunset"], timesteps=ts, mean=np.ones((2, len(ts), 128), np.float32),
         count=np.array([5, 5]), score=np.zeros((2, len(ts), 128), np.float32),
-        selected=selected, multiplier=np.array([-1.0, -4.0], np.float32))}
+        selected=selected, multiplier=np.array([-1.0, -4.0], np.float32), gate=["mean"] * 2)}
     edit = concept_edit(np.zeros((len(ts), 128), np.float32), domains, "style", ["sunset"])
     assert edit.selected[:, 7].all() and not edit.selected[:, 3].any()
     assert np.all(edit.factor[:, 7] == -4.0)
@@ -80,3 +80,26 @@ def test_concept_edit_from_a_feature_store_and_a_grid_run(fresh_pipeline_dir, ju
                             num_steps=2, guidance=2.0)
     assert base.images.shape == (1, len(ALL_STYLES), len(OBJECTS), 32, 32, 3)
     assert not np.array_equal(base.images, edited.images)
+
+
+def test_concepts_of_different_gates_are_edited_each_by_its_own():
+    from saeuron.unlearning import concept_edit
+    from storage.features import DomainFeatures
+
+    ts, shape = [950, 500], (3, 2, 4)
+    selected = np.zeros(shape, bool)
+    selected[0, :, 0] = selected[1, :, 1] = selected[2, :, 2] = True
+    mean = np.random.default_rng(0).random(shape).astype(np.float32) + 0.5
+    domains = {"style": DomainFeatures(
+        concepts=["blueprint", "neon", "pop"], timesteps=ts, mean=mean, count=np.ones(3),
+        score=np.zeros(shape), selected=selected, multiplier=np.full(3, -2.0, np.float32),
+        gate=["mean", "detect", "detect"])}
+    mean_all = mean.mean(0)
+    both = concept_edit(mean_all, domains, "style", ["blueprint", "neon"])
+    cutoff = both.detector.cutoff
+    assert (cutoff[0] == -np.inf).all(), "blueprint (paper's gate) is edited everywhere"
+    assert cutoff[1, 0] == np.inf and np.isfinite(cutoff[1, 1]), "neon is detected from t 900"
+    assert concept_edit(mean_all, domains, "style", ["blueprint"]).detector is None
+    assert concept_edit(mean_all, domains, "style", ["neon"]).detector is not None
+    assert concept_edit(mean_all, domains, "style", ["blueprint", "neon"],
+                        gate="mean").detector is None, "an explicit gate applies to all"
