@@ -41,7 +41,7 @@ def main() -> None:
         hook = getattr(config.score.hooks, domain)
         folder = layout.sae_dir / hook
         sae = SparseAutoencoder.load(folder)
-        attrs, mean_all, domains = read_features(layout.features(hook), sae_fingerprint(folder))
+        _, mean_all, domains = read_features(layout.features(hook), sae_fingerprint(folder))
         edit = concept_edit(mean_all, domains, domain, [concept])
         got = {}
         for sign in (1, -1):
