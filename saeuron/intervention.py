@@ -35,10 +35,11 @@ from saeuron.sae import SparseAutoencoder
 Gate = Literal["mean", "others", "detect"]
 
 DETECT_AT = 0.5
-"""Where a detector's cutoff lies between the most active rival concept (0) and the concept
-itself (1)."""
+"""Default of where a detector's cutoff lies between the most active rival concept (0) and the
+concept itself (1) (ScoreConfig.detect_at)."""
 DETECT_START = 900
-"""Pictures are checked, and edited, from this timestep down: at the first steps a picture is
+"""Default timestep from which pictures are checked, and edited (ScoreConfig.detect_start),
+measured on MiniCanvas's 20-step schedule: at the first steps a picture is
 still mostly its noise, which moves the features' sums as much as the prompt does
 (BENCHMARKS.md). A concept already set at those steps (MiniCanvas's blueprint) cannot be
 removed this way; the sweep then falls back to another gate (SweepConfig.fallback_gate)."""
@@ -83,13 +84,18 @@ class Detector:
 
     @classmethod
     def build(cls, timesteps: list[int], selected: np.ndarray, factor: np.ndarray,
-              concept_mean: np.ndarray, rivals: np.ndarray, start: int = DETECT_START,
+              concept_mean: np.ndarray, rivals: np.ndarray,
+              at: float | np.ndarray = DETECT_AT, start: int | np.ndarray = DETECT_START,
               everywhere: list[bool] | None = None) -> "Detector":
-        """`everywhere`: per concept, edit it in every picture at every step instead."""
+        """`at`, `start`: DETECT_AT and DETECT_START, for all concepts or per concept;
+        `everywhere`: per concept, edit it in every picture at every step instead."""
         own = (concept_mean * selected).sum(-1)
         weight = selected / np.maximum(own, 1e-12)[..., None]
         rival = (rivals * weight).sum(-1)
-        cutoff = np.where(np.asarray(timesteps) <= start, rival + DETECT_AT * (1 - rival), np.inf)
+        n = len(selected)
+        at = np.broadcast_to(np.asarray(at, np.float64), (n,))[:, None]
+        start = np.broadcast_to(np.asarray(start), (n,))[:, None]
+        cutoff = np.where(np.asarray(timesteps)[None] <= start, rival + at * (1 - rival), np.inf)
         if everywhere is not None:
             cutoff[np.asarray(everywhere, bool)] = -np.inf
         return cls(selected, factor.astype(np.float32), weight.astype(np.float32),
@@ -118,10 +124,13 @@ class Edit:
     def for_concepts(cls, timesteps: list[int], selected: np.ndarray, concept_mean: np.ndarray,
                      multipliers: list[float], threshold: np.ndarray,
                      rivals: np.ndarray | None = None,
-                     everywhere: list[bool] | None = None) -> "Edit":
+                     everywhere: list[bool] | None = None,
+                     detect_at: float | np.ndarray = DETECT_AT,
+                     detect_start: int | np.ndarray = DETECT_START) -> "Edit":
         """Union over concepts: `selected` and `concept_mean` are (concept, timestep, feature);
         `threshold` and `rivals` as `gate_thresholds` returns them (rivals: with a detector,
-        which edits the `everywhere` concepts in every picture).
+        which edits the `everywhere` concepts in every picture and detects the others as
+        `detect_at` and `detect_start` say, for all or per concept: Detector.build).
 
         Where several concepts select the same feature, the strongest (most negative) factor wins.
         """
@@ -133,7 +142,7 @@ class Edit:
         factors = np.where(selected, gammas * concept_mean, np.inf)
         detector = (None if rivals is None else
                     Detector.build(timesteps, selected, factors, concept_mean, rivals,
-                                   everywhere=everywhere))
+                                   detect_at, detect_start, everywhere))
         return cls(timesteps=list(timesteps), selected=selected.any(0),
                    factor=np.where(selected.any(0), factors.min(0), 1.0).astype(np.float32),
                    threshold=threshold.astype(np.float32), detector=detector)

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field, model_validator
 
 from saeuron.config import Config
-from saeuron.intervention import Gate
+from saeuron.intervention import DETECT_AT, DETECT_START, Gate
 from saeuron.minicanvas import OBJECT_HOOK, STYLE_HOOK
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import SweepConfig
@@ -207,6 +207,14 @@ class ScoreConfig(Config):
                        "'mean', where a latent exceeds its mean over all concepts (the paper); "
                        "'others', where it exceeds the largest mean of any other concept. The "
                        "sweep may give a concept its fallback_gate instead.")
+    detect_at: float = Field(DETECT_AT, gt=0, lt=1, description="'detect' gate: a picture "
+                             "shows a concept once the sum of its selected features passes this "
+                             "share of the way from the most active other concept's level (0) "
+                             "to the concept's own (1).")
+    detect_start: int = Field(DETECT_START, ge=0, le=1000, description="'detect' gate: the "
+                              "timestep from which pictures are checked and edited (measured on "
+                              "MiniCanvas's schedule: at the first steps the noise moves the "
+                              "features as much as the prompt; BENCHMARKS.md).")
     exclusive: bool = Field(True, description="Select a feature for a concept only where that "
                             "concept has its highest mean activation (an addition to the paper: "
                             "keeps features shared by all concepts out; see BENCHMARKS.md).")

@@ -60,7 +60,7 @@ def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domai
                  selected: np.ndarray | None = None) -> Edit:
     """The edit that removes `concepts` of `domain`, from a feature store's contents (each
     concept's multiplier, or `multiplier` for all, times `scale`), gated by `gate`, or with None
-    by each concept's own gate (the store's); concepts whose own gates differ are detected
+    by each concept's own gate (the store's, as are its detection options); concepts whose own gates differ are detected
     where theirs is 'detect' and edited everywhere by the paper's rule where it is not.
     `selected` ((concept, timestep, feature)) replaces the store's selection, as the sweep's
     candidates do."""
@@ -72,9 +72,12 @@ def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domai
     own = [d.gate[r] for r in rows]
     mixed = gate is None and len(set(own)) > 1
     gate = "detect" if mixed else (gate or own[0])
+    detection = {k: v[rows] for k, v in (("detect_at", d.detect_at),
+                                          ("detect_start", d.detect_start)) if v is not None}
     return Edit.for_concepts(d.timesteps, chosen, d.mean[rows], gammas,
                              *gate_thresholds(gate, mean_all, d.mean, rows),
-                             everywhere=[g != "detect" for g in own] if mixed else None)
+                             everywhere=[g != "detect" for g in own] if mixed else None,
+                             **detection)
 
 
 def unlearned_grid(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, block: str,

@@ -11,6 +11,9 @@ Layout (Zarr v3; each domain group opens with `xarray.open_zarr(url, group=domai
     <domain>/multiplier           (concept,)            gamma of the intervention
     <domain>/gate                 (concept,)            where its edit applies (stores
                                                         without it: the score config's gate)
+    <domain>/detect_at, detect_start  (concept,)        when the 'detect' gate sees the concept
+                                                        in a picture (stores without them: the
+                                                        intervention's defaults)
     attrs: sae_fingerprint, hook, selection options
 
 The SAE fingerprint (hash of its weights file) ties the store to the SAE it was scored with:
@@ -45,6 +48,10 @@ class DomainFeatures:
     multiplier: np.ndarray
     gate: list[str]
     """Per concept, where its edit applies (saeuron.intervention.Gate)."""
+    detect_at: np.ndarray | None = None
+    """Per concept, the 'detect' gate's cutoff (saeuron.intervention.Detector; None: default)."""
+    detect_start: np.ndarray | None = None
+    """Per concept, the timestep from which the 'detect' gate checks pictures (None: default)."""
 
     def index(self, concept: str) -> int:
         if concept not in self.concepts:
@@ -67,6 +74,10 @@ def write_features(url: str, *, hook: str, sae_fp: str, mean_all: np.ndarray,
         _array(sub, "count", d.count.astype(np.int64), ("concept",))
         _array(sub, "multiplier", d.multiplier.astype(np.float32), ("concept",))
         _array(sub, "gate", np.asarray(d.gate, dtype=object), ("concept",))
+        if d.detect_at is not None:
+            _array(sub, "detect_at", np.asarray(d.detect_at, np.float32), ("concept",))
+        if d.detect_start is not None:
+            _array(sub, "detect_start", np.asarray(d.detect_start, np.int64), ("concept",))
     group.attrs.update({**attrs, "hook": hook})
     group.attrs["sae_fingerprint"] = sae_fp
 
@@ -100,5 +111,7 @@ def read_features(url: str, sae_fp: str | None = None) -> tuple[dict[str, Any], 
         domains[name] = DomainFeatures(
             concepts=concepts, timesteps=[int(t) for t in sub["timestep"][:]],
             mean=sub["mean"][:], count=sub["count"][:], score=sub["score"][:],
-            selected=sub["selected"][:], multiplier=sub["multiplier"][:], gate=gate)
+            selected=sub["selected"][:], multiplier=sub["multiplier"][:], gate=gate,
+            detect_at=sub["detect_at"][:] if "detect_at" in sub else None,
+            detect_start=sub["detect_start"][:] if "detect_start" in sub else None)
     return attrs, group["mean_all"][:], domains

@@ -59,7 +59,9 @@ def select(m: ConceptMeans, config: ScoreConfig, top_n: int | None = None) -> Do
     return DomainFeatures(concepts=m.concepts, timesteps=m.timesteps, mean=m.means, count=m.counts,
                           score=scores, selected=selected,
                           multiplier=np.full(len(m.concepts), config.multiplier),
-                          gate=[config.gate] * len(m.concepts))
+                          gate=[config.gate] * len(m.concepts),
+                          detect_at=np.full(len(m.concepts), config.detect_at),
+                          detect_start=np.full(len(m.concepts), config.detect_start))
 
 
 def run_sweep(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures],

@@ -126,6 +126,13 @@ def test_a_detector_cuts_halfway_between_the_rival_and_the_concept():
     assert det.cutoff[0, 0] == np.inf, "no picture is checked above the start timestep"
     assert det.cutoff[0, 1] == pytest.approx(0.25 + 0.5 * 0.75)  # rival share 1/4
     np.testing.assert_allclose(det.weight[0, 1], [0.25, 0, 0])
+    later = Detector.build(timesteps, selected, np.where(selected, -1.0, np.inf), mean, rivals,
+                           at=[0.8], start=[400])
+    assert (later.cutoff == np.inf).all(), "a concept checked from t 400 is never checked here"
+    early = Detector.build(timesteps, selected, np.where(selected, -1.0, np.inf), mean, rivals,
+                           at=0.8, start=1000)
+    assert early.cutoff[0, 1] == pytest.approx(0.25 + 0.8 * 0.75)
+    assert np.isfinite(early.cutoff[0, 0])
     always = Detector.build(timesteps, selected, np.where(selected, -1.0, np.inf), mean, rivals,
                             everywhere=[True])
     assert (always.cutoff == -np.inf).all(), "a concept of another gate is edited everywhere"

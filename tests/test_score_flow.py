@@ -21,7 +21,8 @@ def test_score_flow_writes_the_feature_store(tmp_path, prefect_api):
     torch.manual_seed(0)
     SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=4, k=4)).save(tmp_path / "sae" / HOOK)
     layout.finish("train", "sae-0", {HOOK: str(tmp_path / "sae" / HOOK)}, {}, 0.0, upstream={})
-    config = ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2, exclusive=False)
+    config = ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2, exclusive=False,
+                         detect_at=0.6, detect_start=800)
     manifest = score(config, RunConfig(root=str(tmp_path)))
     out = manifest["outputs"]["style"]
     assert out == manifest["outputs"]["object"] == str(tmp_path / "features" / f"{HOOK}.zarr")
@@ -35,6 +36,8 @@ def test_score_flow_writes_the_feature_store(tmp_path, prefect_api):
     assert style.selected.shape == (3, 3, 32) and (style.selected.sum(-1) >= 2).all()
     assert style.count.sum() == 24 and np.all(style.multiplier == ScoreConfig().multiplier)
     assert style.gate == [ScoreConfig().gate] * 3, "each concept's gate is stored"
+    assert np.all(style.detect_at == config.detect_at)
+    assert np.all(style.detect_start == config.detect_start)
     ds = xr.open_zarr(out, group="style", consolidated=False)
     assert ds["score"].dims == ("concept", "timestep", "feature")
     with pytest.raises(ValueError, match="scored with another SAE"):
