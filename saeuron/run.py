@@ -68,6 +68,13 @@ class PipelineConfig(Config):
             if getattr(self.evaluate, option) != getattr(self.harvest, option):
                 raise ValueError(f"evaluate.{option} {getattr(self.evaluate, option)!r} differs "
                                  f"from harvest.{option} {getattr(self.harvest, option)!r}")
+        shared = sorted(set(self.evaluate.seeds()) & set(self.harvest.seeds()
+                                                         + self.score_harvest().seeds()))
+        if shared:
+            raise ValueError(f"evaluate.seed_list: seeds {shared} also sample the harvest or "
+                             f"scoring split (harvest seeds {self.harvest.seeds()[0]}-"
+                             f"{self.harvest.seeds()[-1]}, scoring from "
+                             f"{self.score_harvest().seeds()[0]}); evaluate on unseen seeds")
         return self
 
     def score_harvest(self) -> HarvestConfig:

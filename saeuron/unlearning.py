@@ -121,7 +121,12 @@ class EvaluateConfig(Config):
     set_sweep: SweepConfig = Field(default_factory=lambda: SweepConfig(own=10, others=10),
                                    description="Validation cells and sampling of the set sweep "
                                    "(its top_n and multipliers are not used).")
-    n_seeds: int = Field(1, ge=1, le=100, description="Evaluation seeds per grid cell.")
+    n_seeds: int = Field(1, ge=1, le=100, description="Evaluation seeds per grid cell, from "
+                         "1,000,000 (the evaluation split; MiniCanvas's judge seeds).")
+    seed_list: list[int] | None = Field(None, min_length=1, description="Or exactly these "
+                                        "evaluation seeds (UnlearnCanvas's protocol: [188, 288, "
+                                        "588, 688, 888]); none may be a seed of the harvest or "
+                                        "scoring split.")
     num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
     guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
     error_sign: Literal[1, -1] = Field(1, description="1: x + decode(z') - decode(z) (correct); "
@@ -139,6 +144,13 @@ class EvaluateConfig(Config):
             raise ValueError(f"set_scales must be positive (they scale negative multipliers), "
                              f"got {values}")
         return sorted(set(values), reverse=True)
+
+    @field_validator("seed_list")
+    @classmethod
+    def _distinct_seeds(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and (len(set(values)) < len(values) or min(values) < 0):
+            raise ValueError(f"seed_list must hold distinct seeds >= 0, got {values}")
+        return values
 
     @model_validator(mode="after")
     def _judge_fits_grid(self) -> "EvaluateConfig":
@@ -181,4 +193,6 @@ class EvaluateConfig(Config):
         return chosen
 
     def seeds(self) -> list[int]:
+        if self.seed_list is not None:
+            return list(self.seed_list)
         return [SPLIT_SEED_BASE["eval"] + i for i in range(self.n_seeds)]

@@ -225,5 +225,12 @@ def test_the_sd_config_names_the_classifiers_and_the_grids_must_agree():
     swept["score"]["sweep"] = {"object": {}}
     with pytest.raises(ValueError, match="score.sweep.object: the sweep samples and judges MiniCanvas"):
         PipelineConfig.model_validate(swept)
+    assert config.evaluate.seeds() == [188, 288, 588, 688, 888], "the benchmark's seeds"
+    clash = config.model_dump()
+    clash["harvest"]["n_seeds"] = 300
+    with pytest.raises(ValueError, match=r"seeds \[188, 288\] also sample the harvest"):
+        PipelineConfig.model_validate(clash)
+    with pytest.raises(ValueError, match="distinct seeds"):
+        EvaluateConfig(seed_list=[5, 5])
     assert config.score.hooks.style == "up_blocks.1.attentions.2"
     assert config.score.hooks.object == "up_blocks.1.attentions.1"
