@@ -19,9 +19,8 @@ import tempfile
 import numpy as np
 import torch
 
-from saeuron.capture import feature_map, resolve_blocks
+from saeuron.capture import feature_map, resolve_blocks, with_feature_map
 from saeuron.harvest import HarvestConfig, open_store, prepare, run_units
-from saeuron.intervention import _replace_feature_map
 from saeuron.minicanvas import JUDGE_DIR, MODEL_DIR
 from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.data import ALL_STYLES
@@ -96,7 +95,7 @@ def _swap(output: object, n: int) -> object:
     """Batch [uncond A, uncond B, cond A, cond B]: A's rows get B's."""
     x = feature_map(output).clone()
     x[:n], x[2 * n:3 * n] = x[n:2 * n], x[3 * n:]
-    return _replace_feature_map(output, x)
+    return with_feature_map(output, x)
 
 
 def main() -> None:

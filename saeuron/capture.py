@@ -55,6 +55,16 @@ def feature_map(output: object) -> torch.Tensor:
     raise TypeError(f"cannot find a feature map in a block output of type {type(output).__name__}")
 
 
+def with_feature_map(output: object, fmap: torch.Tensor) -> object:
+    """The block output `output` with its feature map replaced by `fmap` (same wrapper)."""
+    if isinstance(output, torch.Tensor):
+        return fmap
+    if hasattr(output, "sample"):
+        output.sample = fmap
+        return output
+    return (fmap, *output[1:])
+
+
 def unet_timestep(args: tuple, kwargs: dict) -> int:
     """The timestep value of a UNet call, from its forward arguments."""
     t = kwargs.get("timestep", args[1] if len(args) > 1 else None)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from saeuron.capture import feature_map, resolve_blocks, unet_timestep
+from saeuron.capture import feature_map, resolve_blocks, unet_timestep, with_feature_map
 from saeuron.sae import SparseAutoencoder
 
 
@@ -212,7 +212,7 @@ class Unlearn:
         else:
             out = new + (recon - vectors)
         out = out.to(x.dtype).reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
-        return _replace_feature_map(output, out)
+        return with_feature_map(output, out)
 
     def _detected_factor(self, acts: torch.Tensor, idx: torch.Tensor, picture: torch.Tensor,
                          pictures: int, row: int) -> torch.Tensor:
@@ -232,12 +232,3 @@ class Unlearn:
         self._detected |= now & torch.isfinite(cutoff)  # -inf: edited everywhere, not detected
         factor = torch.from_numpy(det.factor[:, row]).float().to(acts.device)
         return torch.where((self._detected | now)[:, :, None], factor[None], torch.inf).amin(1)
-
-
-def _replace_feature_map(output: object, fmap: torch.Tensor) -> object:
-    if isinstance(output, torch.Tensor):
-        return fmap
-    if hasattr(output, "sample"):
-        output.sample = fmap
-        return output
-    return (fmap, *output[1:])
