@@ -42,9 +42,17 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def report(rows: list[dict], summary: list[dict], out_dir: Path, inline: bool) -> str:
+REPORT_BUDGET = 1_200_000
+"""Characters of pictures inlined in the report artifact: Prefect drops an event over 1.5 MB
+(PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES), and the artifact's event carries the report."""
+JPEG_QUALITIES = (80, 65, 50, 35)
+
+
+def report(rows: list[dict], summary: list[dict], out_dir: Path, inline: bool,
+           budget: int = REPORT_BUDGET) -> str:
     """The markdown report; `inline` embeds the grids as data URIs (the Prefect UI cannot reach
-    files), otherwise links them by path relative to `out_dir` (report.md on disk)."""
+    files) at the best JPEG quality whose total fits `budget`, or leaves them out if none does;
+    otherwise it links them by path relative to `out_dir` (report.md on disk)."""
     lines = ["# Unlearning report", "",
              "Rows of each grid are styles (last row unstyled), columns objects.", "",
              "| targets | n | UA | IRA | CRA | worst UA | worst IRA | worst CRA |",
@@ -58,15 +66,29 @@ def report(rows: list[dict], summary: list[dict], out_dir: Path, inline: bool) -
         lines.append(f"| {r['target']} | {cells} | {r['style_acc']:.3f} | {r['object_acc']:.3f} "
                      f"| {r.get('scale', '-')} |")
     lines.append("")
-    for r in rows:
-        path = Path(r["image"])
-        image = (f'<img alt="{r["target"]}" width="{Image.open(path).width}" src="{inline_image(path)}">'
+    paths = [Path(r["image"]) for r in rows]
+    uris = inline_images(paths, budget) if inline else None
+    if inline and uris is None:
+        lines += [f"The {len(rows)} image grids do not fit an artifact; they are linked from "
+                  f"{out_dir / 'report.md'}.", ""]
+        return "\n".join(lines)
+    for i, (r, path) in enumerate(zip(rows, paths)):
+        image = (f'<img alt="{r["target"]}" width="{Image.open(path).width}" src="{uris[i]}">'
                  if inline else f"![{r['target']}]({path.relative_to(out_dir)})")
         lines += [f"### {r['target']}", "", image, ""]
     return "\n".join(lines)
 
 
-def inline_image(path: Path, shrink: int = 3) -> str:
+def inline_images(paths: list[Path], budget: int) -> list[str] | None:
+    """Data URIs of the grids at the best of JPEG_QUALITIES whose total length fits `budget`."""
+    for quality in JPEG_QUALITIES:
+        uris = [inline_image(path, quality=quality) for path in paths]
+        if sum(map(len, uris)) <= budget:
+            return uris
+    return None
+
+
+def inline_image(path: Path, shrink: int = 3, quality: int = 80) -> str:
     """A JPEG data URI of the grid at its pixels' own size (the PNG file is upscaled `shrink`
     times; the browser scales it back up): generated pictures are noisy, and as PNGs 23 grids
     would weigh 10 MB, too much for the UI; as JPEGs they stay near 1 MB."""
@@ -74,7 +96,7 @@ def inline_image(path: Path, shrink: int = 3) -> str:
         small = image.convert("RGB").resize((image.width // shrink, image.height // shrink),
                                             Image.Resampling.NEAREST)
     buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80)
+    small.save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
