@@ -16,11 +16,9 @@ from saeuron.minicanvas.classifier import Judge
 from saeuron.pipeline import load_pipeline
 from saeuron.run import PipelineConfig
 from saeuron.sae import SparseAutoencoder
-from saeuron.unlearning import concept_edit, unlearned_grid, unlearning_metrics
+from saeuron.unlearning import METRICS, concept_edit, unlearned_grid, unlearning_metrics
 from storage.features import read_features, sae_fingerprint
 from storage.run import RunLayout
-
-METRICS = ("UA", "IRA", "CRA")
 
 
 def main() -> None:
@@ -33,8 +31,8 @@ def main() -> None:
     layout = RunLayout(root=args.root, stores=config.run.stores)
     ev = config.evaluate
     pipe, judge = load_pipeline(config.harvest.model_path()), Judge.load(JUDGE_DIR)
-    print("| target | UA (+1) | UA (-1) | IRA (+1) | IRA (-1) | CRA (+1) | CRA (-1) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| target | " + " | ".join(f"{m} ({s:+d})" for m in METRICS for s in (1, -1)) + " |")
+    print("|---|" + "---|" * 2 * len(METRICS))
     totals = {sign: {m: 0.0 for m in METRICS} for sign in (1, -1)}
     targets = [("style", s) for s in args.styles] + [("object", o) for o in args.objects]
     for domain, concept in targets:

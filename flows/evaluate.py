@@ -18,12 +18,11 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from flows.stage import cached, code_fingerprint, layout_of
 from saeuron.run import RunConfig
 from saeuron.threads import torch_threads
-from saeuron.unlearning import EvaluateConfig
+from saeuron.unlearning import METRICS, EvaluateConfig
 from storage.features import DOMAINS, read_features
 from storage.run import fingerprint
 from tasks.evaluate import unlearn_target
 
-METRICS = ("UA", "IRA", "CRA")
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -48,19 +47,29 @@ REPORT_BUDGET = 1_200_000
 JPEG_QUALITIES = (80, 65, 50, 35)
 
 
+def summary_table(summary: list[dict]) -> list[str]:
+    """The summary as markdown table lines: average and worst target of each metric."""
+    lines = ["| targets | n | " + " | ".join(METRICS) + " | "
+             + " | ".join(f"worst {m}" for m in METRICS) + " |",
+             "|---|---|" + "---|" * 2 * len(METRICS)]
+    lines += [f"| {s['domain']} | {s['targets']} | " + " | ".join(f"{s[m]:.3f}" for m in METRICS)
+              + " | " + " | ".join(s[f"worst_{m}"] for m in METRICS) + " |" for s in summary]
+    return lines
+
+
 def report(rows: list[dict], summary: list[dict], out_dir: Path, inline: bool,
            budget: int = REPORT_BUDGET) -> str:
     """The markdown report; `inline` embeds the grids as data URIs (the Prefect UI cannot reach
     files) at the best JPEG quality whose total fits `budget`, or leaves them out if none does;
     otherwise it links them by path relative to `out_dir` (report.md on disk)."""
     lines = ["# Unlearning report", "",
-             "Rows of each grid are styles (last row unstyled), columns objects.", "",
-             "| targets | n | UA | IRA | CRA | worst UA | worst IRA | worst CRA |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {s['domain']} | {s['targets']} | {s['UA']:.3f} | {s['IRA']:.3f} | {s['CRA']:.3f} "
-              f"| {s['worst_UA']} | {s['worst_IRA']} | {s['worst_CRA']} |" for s in summary]
-    lines += ["", "| target | UA | IRA | CRA | style acc | object acc | set scale |",
-              "|---|---|---|---|---|---|---|"]
+             "Rows of each grid are styles (last row unstyled), columns objects. CRA: the other "
+             "domain's accuracy where the prompt has none of the target's domain (style targets: "
+             "the unstyled row; object targets: every styled picture), as SAeUron's evaluation "
+             "counts it; CRA_grid: on every picture.", ""]
+    lines += summary_table(summary)
+    lines += ["", "| target | " + " | ".join(METRICS) + " | style acc | object acc | set scale |",
+              "|---|" + "---|" * (len(METRICS) + 3)]
     for r in rows:
         cells = " | ".join(f"{r[m]:.3f}" if m in r else "-" for m in METRICS)
         lines.append(f"| {r['target']} | {cells} | {r['style_acc']:.3f} | {r['object_acc']:.3f} "

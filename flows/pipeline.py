@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.evaluate import evaluate
+from flows.evaluate import evaluate, summary_table
 from flows.harvest import harvest
 from flows.score import score
 from flows.train import train
@@ -54,10 +54,7 @@ def print_summary(result: dict) -> None:
     print("\n| stage | state | seconds when run |\n|---|---|---|")
     for s in result["stages"]:
         print(f"| {s['stage']} | {s['state']} | {s['seconds_when_run']} |")
-    print("\n| targets | n | UA | IRA | CRA | worst UA | worst IRA | worst CRA |\n|---|---|---|---|---|---|---|---|")
-    for s in result["summary"]:
-        print(f"| {s['domain']} | {s['targets']} | {s['UA']:.3f} | {s['IRA']:.3f} | {s['CRA']:.3f} "
-              f"| {s['worst_UA']} | {s['worst_IRA']} | {s['worst_CRA']} |")
+    print("\n" + "\n".join(summary_table(result["summary"])))
     print(f"\nreport: {result['report']} (image grids beside it; also the 'unlearning-report' "
           f"artifact in the Prefect UI)\npipeline wall time: {result['seconds']} s")
 

@@ -32,15 +32,32 @@ from saeuron.vit_judge import ViTJudge, ViTJudgeConfig
 from storage.features import DomainFeatures
 
 
+METRICS = ("UA", "IRA", "CRA", "CRA_grid")
+"""What unlearning_metrics measures, in table order."""
+
+
 def unlearning_metrics(result: GridResult, domain: str, concepts: list[str]) -> dict[str, float]:
-    """UA, IRA and CRA (in [0, 1]) of a judged grid for targets of one domain."""
+    """UA, IRA and CRA (in [0, 1]) of a judged grid for targets of one domain, counted as the
+    SAeUron reference evaluation counts them on UnlearnCanvas, and CRA_grid:
+
+    - UA: the share of the targets' pictures not judged as their concept;
+    - IRA: the domain's accuracy on the pictures of its other concepts (for styles the other
+      styles; the unstyled row is not a style to retain);
+    - CRA: the other domain's accuracy where the target's domain is absent from the prompt: for
+      style targets the objects of the unstyled row ("An image of {object}.", sampled with the
+      edit on); for object targets the styles of every styled picture;
+    - CRA_grid: the other domain's accuracy on every picture, the targets' own included
+      (stricter: an edit that also breaks the object of its own style's pictures counts here,
+      by as much as its row weighs in the grid, 1/11 on MiniCanvas against 1/51 on UnlearnCanvas).
+    """
     if domain not in ("style", "object"):
         raise ValueError(f"unknown domain {domain!r}; use 'style' or 'object'")
     labels = list(result.styles if domain == "style" else result.objects)
-    unknown = [c for c in concepts if c not in labels]
+    unknown = [c for c in concepts if c not in labels or (domain == "style" and c == NO_STYLE)]
     if unknown or not concepts:
+        known = [c for c in labels if c != NO_STYLE]
         raise ValueError(f"unknown {domain} target(s) {unknown or concepts}; known: "
-                         f"{', '.join(labels)}")
+                         f"{', '.join(known)}")
     seeds, n_styles, n_objects = result.style_pred.shape
     true_style = np.broadcast_to(np.arange(n_styles)[None, :, None], result.style_pred.shape)
     true_object = np.broadcast_to(np.arange(n_objects)[None, None, :], result.object_pred.shape)
@@ -49,9 +66,13 @@ def unlearning_metrics(result: GridResult, domain: str, concepts: list[str]) -> 
     other = "object" if domain == "style" else "style"
     target = np.isin(truth[domain], [labels.index(c) for c in concepts])
     correct = pred[domain] == truth[domain]
+    other_correct = pred[other] == truth[other]
+    unstyled = true_style == list(result.styles).index(NO_STYLE)
+    retained = ~target & ~unstyled if domain == "style" else ~target
     return {"UA": float((~correct[target]).mean()),
-            "IRA": float(correct[~target].mean()),
-            "CRA": float((pred[other] == truth[other]).mean())}
+            "IRA": float(correct[retained].mean()),
+            "CRA": float(other_correct[unstyled if domain == "style" else ~unstyled].mean()),
+            "CRA_grid": float(other_correct.mean())}
 
 
 def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domain: str,

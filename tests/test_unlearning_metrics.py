@@ -22,7 +22,7 @@ def perfect(seeds=2):
 
 def test_a_model_that_forgot_nothing_has_ua_zero_and_full_retention():
     m = unlearning_metrics(judged(*perfect()), "style", ["sunset"])
-    assert m == {"UA": 0.0, "IRA": 1.0, "CRA": 1.0}
+    assert m == {"UA": 0.0, "IRA": 1.0, "CRA": 1.0, "CRA_grid": 1.0}
 
 
 def test_erasing_a_style_to_another_counts_as_unlearned_and_retained():
@@ -30,13 +30,16 @@ def test_erasing_a_style_to_another_counts_as_unlearned_and_retained():
     s = ALL_STYLES.index("ocean")
     styles[:, s, :] = ALL_STYLES.index("none")      # every ocean picture lost its style
     styles[0, ALL_STYLES.index("pop"), :5] = s       # and five pop pictures turned ocean
+    styles[1, ALL_STYLES.index("none"), :3] = 0      # three unstyled pictures got a style
     objects[:, s, :2] = 0                            # two objects broke in the ocean row
+    objects[0, ALL_STYLES.index("none"), 4] = 0      # one in the unstyled row
     m = unlearning_metrics(judged(styles, objects), "style", ["ocean"])
-    n_seeds, n_other = 2, len(ALL_STYLES) - 1
+    n_seeds, n_other = 2, len(ALL_STYLES) - 2        # the other styles: not ocean, not unstyled
     assert m["UA"] == 1.0
     assert m["IRA"] == pytest.approx(1 - 5 / (n_seeds * n_other * len(OBJECTS)))
-    broken = n_seeds  # column 1 in each seed; column 0 predicted as object 0 is still right
-    assert m["CRA"] == pytest.approx(1 - broken / styles.size)
+    assert m["CRA"] == pytest.approx(1 - 1 / (n_seeds * len(OBJECTS))), "the unstyled row only"
+    broken = n_seeds + 1  # column 1 in each seed (column 0 predicted as 0 is right), + unstyled
+    assert m["CRA_grid"] == pytest.approx(1 - broken / styles.size)
 
 
 def test_several_objects_at_once():
@@ -44,11 +47,19 @@ def test_several_objects_at_once():
     objects[:, :, [1, 2]] = 0
     m = unlearning_metrics(judged(styles, objects), "object", ["square", "triangle"])
     assert m["UA"] == 1.0 and m["IRA"] == 1.0 and m["CRA"] == 1.0
+    styles[0, ALL_STYLES.index("none"), :] = 0   # the unstyled row judged styled: not CRA
+    styles[0, 0, 3] = 1                          # one styled picture lost its style: CRA
+    m = unlearning_metrics(judged(styles, objects), "object", ["square", "triangle"])
+    n_styled = (len(ALL_STYLES) - 1) * len(OBJECTS)
+    assert m["CRA"] == pytest.approx(1 - 1 / n_styled)
+    assert m["CRA_grid"] == pytest.approx(1 - (1 + len(OBJECTS)) / styles.size)
 
 
 def test_unknown_target_lists_the_known():
     with pytest.raises(ValueError, match="unknown style target.*sunset"):
         unlearning_metrics(judged(*perfect()), "style", ["baroque"])
+    with pytest.raises(ValueError, match=r"unknown style target\(s\) \['none'\]"):
+        unlearning_metrics(judged(*perfect()), "style", ["none"])
 
 
 def test_concept_edit_from_a_feature_store_and_a_grid_run(fresh_pipeline_dir, judge):

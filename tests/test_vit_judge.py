@@ -164,8 +164,9 @@ def test_the_judge_judges_a_stable_diffusion_grid_and_its_metrics(classifiers, t
             result.objects else -1 for i in obj]
     np.testing.assert_array_equal(result.object_pred.ravel(), want)
     metrics = unlearning_metrics(result, "style", ["Monet"])
-    assert set(metrics) == {"UA", "IRA", "CRA"}
-    assert metrics["CRA"] == result.object_accuracy
+    assert set(metrics) == {"UA", "IRA", "CRA", "CRA_grid"}
+    assert metrics["CRA_grid"] == result.object_accuracy
+    assert metrics["CRA"] == result.object_ok[:, -1].mean(), "objects of the unstyled row"
     with pytest.raises(ValueError, match="cannot name the unlearncanvas grid's style.*Techno"):
         unlearned_grid(pipe, judge, sae, "up_blocks.1.attentions.0", None, (1,), num_steps=2,
                        guidance=2.0, grid=replace(grid, styles=("Techno",)))
