@@ -184,7 +184,8 @@ def default_sweeps() -> DomainSweeps:
     """The pipeline's sweep: objects need more features and stronger multipliers than styles;
     style edits at the 8x8 block cost objects, so their objective counts CRA (measured on
     MiniCanvas, BENCHMARKS.md)."""
-    return DomainSweeps(style=SweepConfig(top_n=[1, 3, 10, 20], objective="ua_ira_cra"),
+    return DomainSweeps(style=SweepConfig(top_n=[1, 3, 10, 20], multipliers=[-3, -10, -30, -60],
+                                          objective="ua_ira_cra"),
                         object=SweepConfig(top_n=[10, 20, 40], multipliers=[-5, -10, -20]))
 
 

@@ -7,7 +7,10 @@ pair maximising (UA + IRA) / 2 is kept (ties: the smaller n, then the weaker mul
 The choice sits on a steep edge (a weak edit leaves the concept, a strong one erases the
 picture), and a dozen validation pictures place it roughly, so the best `finalists` candidates
 are judged again on `finalist_seeds` further validation seeds and chosen on every picture they
-were judged on (successive halving; an addition to the paper).
+were judged on (successive halving; an addition to the paper). Candidates are judged in order
+of preference, and the sweep stops once its choice is known (`stop_at_perfect`): at the first
+that gets every picture right, finalist seeds included, or once `finalists` candidates got every
+picture of their first judgement right (they are the finalists); the choice is the full sweep's.
 `objective: ua_ira_cra` adds CRA, (UA + IRA + CRA) / 3, for edits that must spare the other
 domain too (an addition to the paper). Where no candidate removes the concept under the
 configured gate, the candidates are judged under `fallback_gate` too, and the concept keeps the
@@ -56,14 +59,21 @@ class SweepConfig(Config):
     finalists: int = Field(3, ge=0, le=100, description="Best candidates judged again on "
                            "finalist_seeds more validation seeds, then chosen on all their "
                            "pictures (0: choose on the first judgement).")
-    finalist_seeds: int = Field(2, ge=1, le=100, description="Validation seeds of the finalists' "
+    finalist_seeds: int = Field(1, ge=1, le=100, description="Validation seeds of the finalists' "
                                 "second judgement (after the first n_seeds).")
+    stop_at_perfect: bool = Field(True, description="Judge candidates in order of preference "
+                                  "(smaller n, then weaker multiplier) and stop once the choice "
+                                  "is known: at one that gets every validation picture right, "
+                                  "its finalist judgement included, or once `finalists` "
+                                  "candidates got every first-judgement picture right. The "
+                                  "choice is the full sweep's; only time is saved. False: judge "
+                                  "every candidate (the sweep's rows then map the whole grid).")
     fallback_gate: Gate | None = Field(
         "mean", description="Gate whose candidates are judged too when none under score.gate "
         "reaches fallback_below validation UA (a concept that gate cannot remove: with "
         "'detect', one already set at the first, noisiest steps); the best of both is kept, "
         "and the concept's gate is stored with its selection. None: never.")
-    fallback_below: float = Field(0.5, ge=0, le=1, description="Validation UA below which the "
+    fallback_below: float = Field(0.75, ge=0, le=1, description="Validation UA below which the "
                                   "fallback gate is tried.")
     workers: int = Field(2, ge=1, le=64, description="Concepts swept at once (threads, each with "
                          "its own copy of the model, one torch thread each).")
@@ -145,6 +155,20 @@ def _metrics(hits: dict, n_target: int, n_other: int, cfg: SweepConfig) -> dict:
             "hits": {k: int(v) for k, v in hits.items()}}
 
 
+def _pooled(row: dict, more: dict, cfg: SweepConfig) -> dict:
+    """A row's metrics over its first judgement and a second one (`more`)."""
+    hits = {k: row["hits"][k] + more["hits"][k] for k in row["hits"]}
+    n_target = row["n_target"] + more["n_target"]
+    return _metrics(hits, n_target, row["images"] + more["images"] - n_target, cfg)
+
+
+def _perfect(metrics: dict, cfg: SweepConfig) -> bool:
+    """Every picture right, for what the objective counts: nothing can score higher."""
+    hits, n_target, images = metrics["hits"], metrics["n_target"], metrics["images"]
+    return (hits["UA"] == n_target and hits["IRA"] == images - n_target
+            and (cfg.objective == "ua_ira" or hits["CRA"] == images))
+
+
 def _finals(rows: list[dict], judge_again: Callable[[dict, ValidationCells], dict],
             rank: Callable[[dict], tuple], domain: str, concepts: list[str],
             cfg: SweepConfig) -> dict:
@@ -153,11 +177,7 @@ def _finals(rows: list[dict], judge_again: Callable[[dict, ValidationCells], dic
     if cfg.finalists:
         val = validation_cells(domain, concepts, cfg, finalists=True)
         for row in sorted(rows, key=rank, reverse=True)[:cfg.finalists]:
-            more = judge_again(row, val)
-            hits = {k: row["hits"][k] + more["hits"][k] for k in row["hits"]}
-            n_target = row["n_target"] + more["n_target"]
-            row.update(_metrics(hits, n_target, row["images"] + more["images"] - n_target, cfg),
-                       finalist=True)
+            row.update(_pooled(row, judge_again(row, val), cfg), finalist=True)
         rows = [r for r in rows if r.get("finalist")]
     return max(rows, key=rank)
 
@@ -165,24 +185,65 @@ def _finals(rows: list[dict], judge_again: Callable[[dict, ValidationCells], dic
 def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, domain: str,
                   concept: str, edits: Callable[[int, float, Gate], Edit], cfg: SweepConfig,
                   gate: Gate = "mean") -> tuple[int, float, Gate, list[dict]]:
-    """(best n, best multiplier, its gate, one row per candidate) for one concept;
+    """(best n, best multiplier, its gate, one row per candidate judged) for one concept;
     `edits(n, gamma, gate)` gives the edit of the candidate. The candidates are judged under
-    `gate`, and also under cfg.fallback_gate if none of them reaches cfg.fallback_below UA."""
+    `gate` in order of preference (with cfg.stop_at_perfect, until one is perfect), and also
+    under cfg.fallback_gate if none of them reaches cfg.fallback_below UA."""
     val = validation_cells(domain, [concept], cfg)
+    again: dict[tuple, dict] = {}
 
-    def judged(g: Gate) -> list[dict]:
-        return [{"domain": domain, "concept": concept, "gate": g, "top_n": n, "multiplier": gamma,
-                 **judge_candidate(pipe, judge, sae, hook, domain, edits(n, gamma, g), val, cfg)}
-                for n in cfg.top_n for gamma in cfg.multipliers]
+    def judge_again(row: dict, cells: ValidationCells) -> dict:
+        key = (row["top_n"], row["multiplier"], row["gate"])
+        if key not in again:
+            again[key] = judge_candidate(pipe, judge, sae, hook, domain, edits(*key), cells, cfg)
+        return again[key]
 
-    rows = judged(gate)
-    if (cfg.fallback_gate not in (None, gate)
+    def confirmed(row: dict) -> bool:
+        """Perfect on the finalist seeds too (then pooled into the row, as a finalist)."""
+        if not cfg.finalists:
+            return True
+        pooled = _pooled(row, judge_again(row, validation_cells(domain, [concept], cfg, True)),
+                         cfg)
+        if _perfect(pooled, cfg):
+            row.update(pooled, finalist=True)
+        return _perfect(pooled, cfg)
+
+    def judged(g: Gate) -> tuple[list[dict], dict | None]:
+        """The rows of the candidates judged under `g`, and the perfect one that ended them.
+        Candidates perfect on their first judgement outrank all others, in this order, so the
+        first `finalists` of them are the full sweep's finalists: one that stays perfect on
+        the finalist seeds is its choice, and once there are `finalists` of them no later
+        candidate can be a finalist."""
+        rows, perfect_first = [], 0
+        for n in cfg.top_n:
+            for gamma in cfg.multipliers:
+                row = {"domain": domain, "concept": concept, "gate": g, "top_n": n,
+                       "multiplier": gamma,
+                       **judge_candidate(pipe, judge, sae, hook, domain, edits(n, gamma, g), val,
+                                         cfg)}
+                rows.append(row)
+                if cfg.stop_at_perfect and _perfect(row, cfg):
+                    perfect_first += 1
+                    if confirmed(row):
+                        return rows, row
+                    if perfect_first == cfg.finalists:
+                        return rows, None
+        return rows, None
+
+    rows, perfect = judged(gate)
+    if (perfect is None and cfg.fallback_gate not in (None, gate)
             and max(r["UA"] for r in rows) < cfg.fallback_below):
-        rows += judged(cfg.fallback_gate)
-    best = _finals(rows, lambda r, v: judge_candidate(
-        pipe, judge, sae, hook, domain, edits(r["top_n"], r["multiplier"], r["gate"]), v, cfg),
-        lambda r: (r["objective"], r["gate"] == gate, -r["top_n"], r["multiplier"]), domain,
-        [concept], cfg)
+        fallback, perfect = judged(cfg.fallback_gate)
+        rows += fallback
+    if perfect is not None:
+        for row in rows:  # candidates that were perfect until their finalist judgement
+            key = (row["top_n"], row["multiplier"], row["gate"])
+            if key in again and not row.get("finalist"):
+                row.update(_pooled(row, again[key], cfg), finalist=True)
+        return perfect["top_n"], perfect["multiplier"], perfect["gate"], rows
+    best = _finals(rows, judge_again,
+                   lambda r: (r["objective"], r["gate"] == gate, -r["top_n"], r["multiplier"]),
+                   domain, [concept], cfg)
     return best["top_n"], best["multiplier"], best["gate"], rows
 
 

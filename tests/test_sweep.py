@@ -47,7 +47,7 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=8))
     cfg = SweepConfig(top_n=[1, 3], multipliers=[-1.0, -20.0], own=3, others=3, num_steps=2,
-                      guidance=2.0)
+                      guidance=2.0, stop_at_perfect=False)
     timesteps = [999, 499]
 
     def edit(n: int, gamma: float, gate: str) -> Edit:
@@ -62,7 +62,7 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
                                                             (3, -20.0)]
     finals = [r for r in rows if r.get("finalist")]
     assert len(finals) == 3, "the three best of the first judgement are judged again"
-    assert all(r["images"] == 6 + 2 * 6 for r in finals) and all(r["images"] == 6 for r in rows
+    assert all(r["images"] == 6 + 6 for r in finals) and all(r["images"] == 6 for r in rows
                                                              if r not in finals)
     best = max(r["objective"] for r in finals)
     assert any(r["objective"] == best and (r["top_n"], r["multiplier"]) == (n, gamma)
@@ -101,6 +101,43 @@ def test_the_fallback_gate_is_judged_only_where_the_gate_cannot_remove_the_conce
     _, _, _, rows = sweep_concept(shipped_pipeline, judge, sae, HOOK, "style", "neon", edit,
                                   never, "detect")
     assert [r["gate"] for r in rows] == ["detect"]
+
+
+@pytest.mark.parametrize("first_perfect, finalist_fails, judged", [
+    ({(1, -10.0), (3, -3.0)}, set(), 3),                       # confirmed at once
+    ({(1, -10.0), (3, -3.0)}, {(1, -10.0)}, 5),                # the second finalist confirmed
+    ({(1, -10.0), (3, -3.0), (3, -10.0)}, {(1, -10.0), (3, -3.0)}, 5),  # finalists known
+    (set(), set(), 6),                                         # nothing perfect: full sweep
+])
+def test_the_sweep_stops_once_its_choice_is_known_and_chooses_as_the_full_sweep(
+        monkeypatch, first_perfect, finalist_fails, judged):
+    import saeuron.sweep as sweep
+
+    cfg = SweepConfig(top_n=[1, 3], multipliers=[-3.0, -10.0], own=2, others=2, finalists=2,
+                      finalist_seeds=1, objective="ua_ira_cra", fallback_gate=None)
+    calls = []
+
+    def judge(pipe, judge, sae, hook, domain, edit, val, cfg):
+        later = val.seeds[0] > VAL_SEED_BASE
+        calls.append((edit, later))
+        right = edit in first_perfect and not (later and edit in finalist_fails)
+        score = sum(edit) % 2  # imperfect candidates differ, so the choice is not a tie
+        return sweep._metrics({"UA": 2 if right else 1 - score, "IRA": 2,
+                               "CRA": 4 if right else 3}, 2, 2, cfg)
+
+    monkeypatch.setattr(sweep, "judge_candidate", judge)
+    edits = lambda n, gamma, gate: (n, gamma)  # noqa: E731 (the fake judge reads the candidate)
+    choice = sweep_concept(None, None, None, HOOK, "style", "neon", edits, cfg, "detect")
+    assert len(calls) == judged, calls
+    assert len(set(calls)) == len(calls), "no picture is judged twice"
+    calls.clear()
+    full = sweep_concept(None, None, None, HOOK, "style", "neon", edits,
+                         cfg.model_copy(update={"stop_at_perfect": False}), "detect")
+    assert len(calls) == 4 + 2, "the full sweep judges every candidate, then two finalists"
+    assert choice[:3] == full[:3]
+    finals = {(r["top_n"], r["multiplier"]): r["objective"] for r in choice[3] if r.get("finalist")}
+    assert finals == {(r["top_n"], r["multiplier"]): r["objective"] for r in full[3]
+                      if r.get("finalist") and (r["top_n"], r["multiplier"]) in finals}
 
 
 def test_exclusive_selection_keeps_only_features_the_concept_leads():
