@@ -3,7 +3,8 @@
 As the paper does for objects: for each target concept, every candidate selection size n and
 multiplier gamma is tried on a validation set of grid cells (the concept's own cells, and a
 fixed sample of the domain's other cells), sampled with seeds of the validation split, and the
-pair maximising (UA + IRA) / 2 is kept (ties: the smaller n, then the weaker multiplier).
+pair maximising (UA + IRA) / 2 is kept (ties: the smaller n, then the weaker multiplier, or
+with `prefer: stronger` the reverse).
 The choice sits on a steep edge (a weak edit leaves the concept, a strong one erases the
 picture), and a dozen validation pictures place it roughly, so the best `finalists` candidates
 are judged again on `finalist_seeds` further validation seeds and chosen on every picture they
@@ -61,8 +62,13 @@ class SweepConfig(Config):
                            "pictures (0: choose on the first judgement).")
     finalist_seeds: int = Field(1, ge=1, le=100, description="Validation seeds of the finalists' "
                                 "second judgement (after the first n_seeds).")
+    prefer: Literal["weaker", "stronger"] = Field(
+        "weaker", description="Which of two candidates with the same objective is kept: the "
+        "'weaker' (smaller n, then weaker multiplier; the edit that changes least) or the "
+        "'stronger' (larger n, then stronger multiplier; the edit farthest from the edge where "
+        "the concept comes back on unseen seeds).")
     stop_at_perfect: bool = Field(True, description="Judge candidates in order of preference "
-                                  "(smaller n, then weaker multiplier) and stop once the choice "
+                                  "(`prefer`) and stop once the choice "
                                   "is known: at one that gets every validation picture right, "
                                   "its finalist judgement included, or once `finalists` "
                                   "candidates got every first-judgement picture right. The "
@@ -77,6 +83,17 @@ class SweepConfig(Config):
                                   "fallback gate is tried.")
     workers: int = Field(2, ge=1, le=64, description="Concepts swept at once (threads, each with "
                          "its own copy of the model, one torch thread each).")
+
+    def preference(self, row: dict) -> tuple:
+        """Ranks candidates of equal objective (higher: preferred)."""
+        n, gamma = row["top_n"], row["multiplier"]
+        return (-n, gamma) if self.prefer == "weaker" else (n, -gamma)
+
+    def candidates(self) -> list[tuple[int, float]]:
+        """(n, gamma) of every candidate, the preferred first."""
+        pairs = [(n, g) for n in self.top_n for g in self.multipliers]
+        return sorted(pairs, key=lambda p: self.preference({"top_n": p[0], "multiplier": p[1]}),
+                      reverse=True)
 
     @field_validator("top_n")
     @classmethod
@@ -215,19 +232,18 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
         the finalist seeds is its choice, and once there are `finalists` of them no later
         candidate can be a finalist."""
         rows, perfect_first = [], 0
-        for n in cfg.top_n:
-            for gamma in cfg.multipliers:
-                row = {"domain": domain, "concept": concept, "gate": g, "top_n": n,
-                       "multiplier": gamma,
-                       **judge_candidate(pipe, judge, sae, hook, domain, edits(n, gamma, g), val,
-                                         cfg)}
-                rows.append(row)
-                if cfg.stop_at_perfect and _perfect(row, cfg):
-                    perfect_first += 1
-                    if confirmed(row):
-                        return rows, row
-                    if perfect_first == cfg.finalists:
-                        return rows, None
+        for n, gamma in cfg.candidates():
+            row = {"domain": domain, "concept": concept, "gate": g, "top_n": n,
+                   "multiplier": gamma,
+                   **judge_candidate(pipe, judge, sae, hook, domain, edits(n, gamma, g), val,
+                                     cfg)}
+            rows.append(row)
+            if cfg.stop_at_perfect and _perfect(row, cfg):
+                perfect_first += 1
+                if confirmed(row):
+                    return rows, row
+                if perfect_first == cfg.finalists:
+                    return rows, None
         return rows, None
 
     rows, perfect = judged(gate)
@@ -242,7 +258,7 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
                 row.update(_pooled(row, again[key], cfg), finalist=True)
         return perfect["top_n"], perfect["multiplier"], perfect["gate"], rows
     best = _finals(rows, judge_again,
-                   lambda r: (r["objective"], r["gate"] == gate, -r["top_n"], r["multiplier"]),
+                   lambda r: (r["objective"], r["gate"] == gate, *cfg.preference(r)),
                    domain, [concept], cfg)
     return best["top_n"], best["multiplier"], best["gate"], rows
 

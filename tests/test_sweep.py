@@ -140,6 +140,29 @@ def test_the_sweep_stops_once_its_choice_is_known_and_chooses_as_the_full_sweep(
                       if r.get("finalist") and (r["top_n"], r["multiplier"]) in finals}
 
 
+def test_the_stronger_preference_judges_the_strongest_first_and_keeps_it_on_ties(monkeypatch):
+    import saeuron.sweep as sweep
+
+    cfg = SweepConfig(top_n=[1, 3], multipliers=[-3.0, -10.0], own=2, others=2, finalists=2,
+                      prefer="stronger")
+    assert cfg.candidates() == [(3, -10.0), (3, -3.0), (1, -10.0), (1, -3.0)]
+    calls = []
+
+    def judge(pipe, judge, sae, hook, domain, edit, val, cfg):  # all perfect but the weakest
+        calls.append(edit)
+        return sweep._metrics({"UA": 1 if edit == (1, -3.0) else 2, "IRA": 2, "CRA": 4}, 2, 2,
+                              cfg)
+
+    monkeypatch.setattr(sweep, "judge_candidate", judge)
+    edits = lambda n, gamma, gate: (n, gamma)  # noqa: E731 (the fake judge reads the candidate)
+    assert sweep_concept(None, None, None, HOOK, "object", "star", edits, cfg)[:2] == (3, -10.0)
+    assert calls == [(3, -10.0), (3, -10.0)], "the strongest, then its finalist judgement"
+    full = cfg.model_copy(update={"stop_at_perfect": False})
+    assert sweep_concept(None, None, None, HOOK, "object", "star", edits, full)[:2] == (3, -10.0)
+    weaker = full.model_copy(update={"prefer": "weaker"})
+    assert sweep_concept(None, None, None, HOOK, "object", "star", edits, weaker)[:2] == (1, -10.0)
+
+
 def test_exclusive_selection_keeps_only_features_the_concept_leads():
     sums = np.array([[[5.0, 1.0, 2.0]], [[4.0, 0.1, 3.0]]])  # 2 concepts, 1 timestep, 3 features
     m = ConceptMeans(concepts=["a", "b"], timesteps=[1], sums=sums, counts=np.array([1, 1]))
