@@ -84,16 +84,14 @@ class SweepConfig(Config):
     workers: int = Field(2, ge=1, le=64, description="Concepts swept at once (threads, each with "
                          "its own copy of the model, one torch thread each).")
 
-    def preference(self, row: dict) -> tuple:
+    def preference(self, n: int, gamma: float) -> tuple:
         """Ranks candidates of equal objective (higher: preferred)."""
-        n, gamma = row["top_n"], row["multiplier"]
         return (-n, gamma) if self.prefer == "weaker" else (n, -gamma)
 
     def candidates(self) -> list[tuple[int, float]]:
         """(n, gamma) of every candidate, the preferred first."""
         pairs = [(n, g) for n in self.top_n for g in self.multipliers]
-        return sorted(pairs, key=lambda p: self.preference({"top_n": p[0], "multiplier": p[1]}),
-                      reverse=True)
+        return sorted(pairs, key=lambda p: self.preference(*p), reverse=True)
 
     @field_validator("top_n")
     @classmethod
@@ -207,6 +205,7 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
     `gate` in order of preference (with cfg.stop_at_perfect, until one is perfect), and also
     under cfg.fallback_gate if none of them reaches cfg.fallback_below UA."""
     val = validation_cells(domain, [concept], cfg)
+    finalist_cells = validation_cells(domain, [concept], cfg, finalists=True)
     again: dict[tuple, dict] = {}
 
     def judge_again(row: dict, cells: ValidationCells) -> dict:
@@ -219,11 +218,11 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
         """Perfect on the finalist seeds too (then pooled into the row, as a finalist)."""
         if not cfg.finalists:
             return True
-        pooled = _pooled(row, judge_again(row, validation_cells(domain, [concept], cfg, True)),
-                         cfg)
-        if _perfect(pooled, cfg):
+        pooled = _pooled(row, judge_again(row, finalist_cells), cfg)
+        perfect = _perfect(pooled, cfg)
+        if perfect:
             row.update(pooled, finalist=True)
-        return _perfect(pooled, cfg)
+        return perfect
 
     def judged(g: Gate) -> tuple[list[dict], dict | None]:
         """The rows of the candidates judged under `g`, and the perfect one that ended them.
@@ -258,7 +257,8 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
                 row.update(_pooled(row, again[key], cfg), finalist=True)
         return perfect["top_n"], perfect["multiplier"], perfect["gate"], rows
     best = _finals(rows, judge_again,
-                   lambda r: (r["objective"], r["gate"] == gate, *cfg.preference(r)),
+                   lambda r: (r["objective"], r["gate"] == gate,
+                              *cfg.preference(r["top_n"], r["multiplier"])),
                    domain, [concept], cfg)
     return best["top_n"], best["multiplier"], best["gate"], rows
 

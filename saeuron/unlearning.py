@@ -81,8 +81,9 @@ def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domai
                  selected: np.ndarray | None = None) -> Edit:
     """The edit that removes `concepts` of `domain`, from a feature store's contents (each
     concept's multiplier, or `multiplier` for all, times `scale`), gated by `gate`, or with None
-    by each concept's own gate (the store's, as are its detection options); concepts whose own gates differ are detected
-    where theirs is 'detect' and edited everywhere by the paper's rule where it is not.
+    by each concept's own gate (the store's, as are its detection options); concepts whose own
+    gates differ are detected where theirs is 'detect' and edited everywhere by the paper's rule
+    where it is not.
     `selected` ((concept, timestep, feature)) replaces the store's selection, as the sweep's
     candidates do."""
     d = domains[domain]
