@@ -24,7 +24,7 @@ from saeuron.config import Config
 from saeuron.grid import ConceptGrid, get_grid
 from saeuron.minicanvas import MODEL_DIR, OBJECT_HOOK, STYLE_HOOK
 from saeuron.pipeline import Pipeline, load_pipeline
-from saeuron.sampling import sample, schedule_timesteps
+from saeuron.sampling import Precision, resolve_precision, sample, schedule_timesteps
 from saeuron.threads import torch_threads
 from storage.activations import ActivationStore, StoreSpec
 
@@ -53,6 +53,9 @@ class HarvestConfig(Config):
     timesteps: list[int] | None = Field(None, description="Timestep values to keep (default: "
                                         "every step of the schedule).")
     guidance: float = Field(4.0, ge=1.0, le=50.0, description="Classifier-free guidance scale.")
+    precision: Precision = Field("auto", description="What the UNet computes in: bfloat16 "
+                                 "(autocast), float32, or auto: bfloat16 where the device has "
+                                 "native bfloat16 kernels, else float32 (saeuron/sampling.py).")
     samples_per_chunk: int = Field(32, ge=1, le=4096, description="Samples per chunk = per "
                                    "write unit = per sampling batch.")
     dtype: Literal["float16", "float32"] = Field("float16", description="Stored dtype.")
@@ -78,9 +81,11 @@ class HarvestConfig(Config):
         return [SPLIT_SEED_BASE[self.split] + i for i in range(self.n_seeds)]
 
     def fingerprint(self) -> str:
-        """What the stored bytes depend on: everything but the device, and the code version."""
+        """What the stored bytes depend on: everything but the device (the precision as
+        resolved on it), and the code version."""
         data = self.model_dump(exclude={"device"})
         data["code"] = saeuron.__version__
+        data["precision"] = resolve_precision(self.precision, self.device)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -94,10 +99,11 @@ class Harvest:
     spec: StoreSpec
 
 
-def prepare(cfg: HarvestConfig) -> Harvest:
-    """Load the model and check every option against it; no sampling happens here."""
+def prepare(cfg: HarvestConfig, pipe: Pipeline | None = None) -> Harvest:
+    """Load the model (or take `pipe`, loaded from cfg.model) and check every option against
+    it; no sampling happens here."""
     table = cfg.concept_grid().table(cfg.seeds(), cfg.objects, cfg.styles, cfg.templates)
-    pipe = load_pipeline(cfg.model_path(), device=cfg.device)
+    pipe = pipe or load_pipeline(cfg.model_path(), device=cfg.device)
     blocks = resolve_blocks(pipe.unet, cfg.hooks)
     schedule = schedule_timesteps(pipe, cfg.num_steps)
     if cfg.timesteps is not None:
@@ -136,7 +142,7 @@ def harvest_unit(h: Harvest, store: ActivationStore, unit: int) -> int:
     with torch_threads(h.cfg.threads), Capture(h.pipe.unet, list(h.spec.hooks), timesteps=h.spec.timesteps,
                  mode=h.cfg.capture) as cap:
         sample(h.pipe, list(rows.prompt), list(rows.seed), num_steps=h.cfg.num_steps,
-               guidance=h.cfg.guidance, batch_size=len(rows))
+               guidance=h.cfg.guidance, batch_size=len(rows), precision=h.cfg.precision)
     steps, acts = cap.take()
     if steps != h.spec.timesteps:
         raise RuntimeError(f"captured timesteps {steps} differ from the store's {h.spec.timesteps}")

@@ -1,14 +1,49 @@
-"""The sampling loop: DDIM with classifier-free guidance over any loaded Pipeline."""
+"""The sampling loop: DDIM with classifier-free guidance over any loaded Pipeline.
+
+The UNet runs in `precision`: "bfloat16" (autocast: weights stay float32, matmuls and
+convolutions run in bfloat16), "float32", or "auto": bfloat16 where the device computes it
+natively (a GPU with bfloat16, a CPU whose oneDNN has bfloat16 kernels: AVX-512 or AMX), else
+float32. Without native kernels bfloat16 convolutions fall back to a slow reference loop
+(26x slower than float32 on an AVX2-only CPU; BENCHMARKS.md), hence the default. The guidance
+combination, the scheduler and the decoder stay in float32, and so do the hooks' SAE
+encodings (saeuron.intervention). Each is deterministic at a fixed thread count.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Literal
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
 from saeuron.pipeline import Pipeline
+
+
+Precision = Literal["auto", "bfloat16", "float32"]
+"""What the UNet computes in during sampling."""
+
+
+def resolve_precision(precision: Precision, device: str | torch.device = "cpu") -> str:
+    """'bfloat16' or 'float32': `precision`, with 'auto' resolved for `device`."""
+    if precision not in ("auto", "bfloat16", "float32"):
+        raise ValueError(f"unknown precision {precision!r}; use 'auto', 'bfloat16' or 'float32'")
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type
+    if kind == "cuda":
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        native = kind == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bfloat16" if native else "float32"
+
+
+def unet_precision(device: torch.device, precision: Precision) -> ContextManager:
+    """The autocast context of a UNet call in `precision` on `device`."""
+    if resolve_precision(precision, device) == "float32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def initial_latents(pipe: Pipeline, seeds: list[int]) -> torch.Tensor:
@@ -32,16 +67,18 @@ def schedule_timesteps(pipe: Pipeline, num_steps: int) -> list[int]:
 @torch.no_grad()
 def sample(pipe: Pipeline, prompts: list[str], seeds: list[int], *, num_steps: int = 20,
            guidance: float = 4.0, batch_size: int = 128,
+           precision: Precision = "auto",
            progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Images for aligned prompts and seeds, uint8 (N, H, W, 3).
 
-    DDIM (eta 0) with classifier-free guidance: each batch runs as [unconditional, conditional].
-    `progress(done, total)` is called after each batch.
+    DDIM (eta 0) with classifier-free guidance: each batch runs as [unconditional, conditional],
+    the UNet in `precision`. `progress(done, total)` is called after each batch.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     if not prompts:
         raise ValueError("nothing to sample: the prompt list is empty")
+    autocast = unet_precision(pipe.device, precision)
     cond_all = pipe.encode_prompts(list(prompts))
     uncond = pipe.encode_prompts([""])
     out = []
@@ -53,7 +90,9 @@ def sample(pipe: Pipeline, prompts: list[str], seeds: list[int], *, num_steps: i
         latents = latents * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            eps_u, eps_c = pipe.unet(model_in, t, encoder_hidden_states=context).sample.chunk(2)
+            with autocast:
+                eps = pipe.unet(model_in, t, encoder_hidden_states=context).sample
+            eps_u, eps_c = eps.to(latents.dtype).chunk(2)
             latents = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
         images = pipe.latents_to_images(latents)
         out.append((images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))

@@ -73,15 +73,16 @@ def cmd_train_model(args: argparse.Namespace) -> None:
 def cmd_grid(args: argparse.Namespace) -> None:
     pipe = load_pipeline(args.model)
     judge = Judge.load(args.judge)
-    seeds = tuple(EVAL_SEED_BASE + i for i in range(args.seeds))
+    seeds = tuple(args.first_seed + i for i in range(args.seeds))
     start = time.time()
     result = sample_grid(pipe, judge, seeds, num_steps=args.steps, guidance=args.guidance,
-                         progress=lambda d, n: _log(f"sampled {d}/{n}"))
+                         precision=args.precision, progress=lambda d, n: _log(f"sampled {d}/{n}"))
     wall = time.time() - start
     grid_picture(result.images[0], args.out)
     print(result.table())
     summary = {**result.summary(), "images": int(np.prod(result.style_ok.shape)),
-               "seconds": round(wall, 1), "ddim_steps": args.steps, "guidance": args.guidance}
+               "seconds": round(wall, 1), "ddim_steps": args.steps, "guidance": args.guidance,
+               "precision": args.precision, "seeds": list(seeds)}
     print(json.dumps(summary))
     _log(f"grid of seed {seeds[0]} written to {args.out}")
 
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=str(MODEL_DIR), help="pipeline folder")
     p.add_argument("--judge", default=str(JUDGE_DIR), help="judge folder")
     p.add_argument("--seeds", type=int, default=1, help="evaluation seeds per cell")
+    p.add_argument("--first-seed", type=int, default=EVAL_SEED_BASE,
+                   help="first of the consecutive seeds (default: the evaluation split's)")
+    p.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
+                   help="what the UNet computes in")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale")
     p.add_argument("--out", default="minicanvas-grid.png", help="PNG to write")
