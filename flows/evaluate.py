@@ -21,7 +21,7 @@ from saeuron.threads import torch_threads
 from saeuron.unlearning import METRICS, EvaluateConfig
 from storage.features import DOMAINS, read_features
 from storage.run import fingerprint
-from tasks.evaluate import unlearn_target
+from tasks.evaluate import UNEDITED, unedited_target, unlearn_target
 
 
 
@@ -112,7 +112,8 @@ def inline_image(path: Path, shrink: int = 3, quality: int = 80) -> str:
 @flow(name="evaluate")
 def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConfig(),
              force: bool = False) -> dict:
-    """Unlearn every target of `config` and measure it against the unedited baseline."""
+    """Unlearn every target of `config` and measure it against the unedited baseline (sampled
+    first: each target samples only the pictures its edit touches)."""
     start = time.time()
     logger = get_run_logger()
     layout = layout_of(run)
@@ -132,29 +133,36 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
     common = dict(config=config, sae_dir=str(layout.sae_dir), out_dir=str(out_dir))
     progress = create_progress_artifact(0.0, key="evaluate-progress",
                                         description="Unlearning targets evaluated")
-    jobs = [(None, [], "baseline")] + targets
+    names = ["baseline"] + [name for _, _, name in targets]
     rows: dict[str, dict] = {}
-    futures = {}
+    for name in names:
+        done = out_dir / name / "metrics.json"
+        before = json.loads(done.read_text()) if done.is_file() else {}
+        if before.get("fingerprint") == fp:
+            rows[name] = before["row"]  # done before an interruption
+            logger.info(f"{name}: done before, {rows[name]}")
+    unedited = out_dir / "baseline" / UNEDITED
+    if not unedited.is_file():
+        rows.pop("baseline", None)
+
+    def finished(name: str, row: dict) -> None:
+        rows[name] = row
+        (out_dir / name / "metrics.json").write_text(json.dumps({"fingerprint": fp, "row": row}))
+        update_progress_artifact(progress, 100.0 * len(rows) / len(names))
+
+    update_progress_artifact(progress, 100.0 * len(rows) / len(names))
     with torch_threads(config.threads), ThreadPoolTaskRunner(max_workers=config.workers) as runner:
-        for domain, concepts, name in jobs:
-            done = out_dir / name / "metrics.json"
-            before = json.loads(done.read_text()) if done.is_file() else {}
-            if before.get("fingerprint") == fp:
-                rows[name] = before["row"]  # done before an interruption
-                logger.info(f"{name}: done before, {rows[name]}")
-            else:
-                futures[runner.submit(unlearn_target, parameters=dict(
-                    domain=domain, concepts=concepts, name=name,
-                    features_url=features[domain or "style"], hook=hooks[domain or "style"],
-                    **common))] = name
-        update_progress_artifact(progress, 100.0 * len(rows) / len(jobs))
+        if "baseline" not in rows:  # first: the targets take the pictures they do not touch
+            finished("baseline", runner.submit(unedited_target, parameters=dict(
+                hooks=sorted(set(hooks.values())), **common)).result())
+        futures = {runner.submit(unlearn_target, parameters=dict(
+            domain=domain, concepts=concepts, name=name, features_url=features[domain],
+            hook=hooks[domain], unedited=str(unedited) if config.reuse_unedited else None,
+            **common)): name
+            for domain, concepts, name in targets if name not in rows}
         for future in as_completed(list(futures)):
-            name = futures[future]
-            rows[name] = future.result()
-            (out_dir / name / "metrics.json").write_text(json.dumps({"fingerprint": fp,
-                                                                     "row": rows[name]}))
-            update_progress_artifact(progress, 100.0 * len(rows) / len(jobs))
-    rows = [rows[name] for _, _, name in jobs]
+            finished(futures[future], future.result())
+    rows = [rows[name] for name in names]
     summary = summarise(rows)
     create_table_artifact(rows, key="unlearning-targets", description="UA / IRA / CRA per target")
     if summary:

@@ -16,6 +16,11 @@ Where a latent is edited is the gate (`gate_thresholds`, an addition to the pape
 mean of any concept not targeted; "detect" keeps the paper's rule but edits a target concept's
 features only in the pictures where that concept is detected (`Detector`), so features that
 also fire, more weakly, on other concepts' pictures are left alone there (BENCHMARKS.md).
+
+Under "detect" most pictures of a grid are never edited, and a picture that is never edited is
+sampled exactly as without the edit. So an unedited run can record what its pictures' latents
+were (`Unlearn(..., record=True)`), and `touched_pictures` tells from that record, without
+sampling, which pictures an edit would change: only those need sampling again.
 """
 
 from __future__ import annotations
@@ -81,6 +86,13 @@ class Detector:
     cutoff: np.ndarray
     """(concept, timestep); inf: never detected at that step (before DETECT_START); -inf: edited
     in every picture at that step, without latching (a concept whose own gate is not this)."""
+
+    def detects(self, means: torch.Tensor, row: int) -> torch.Tensor:
+        """(picture, concept) bool: the concept shows in the picture at scored timestep `row`
+        (never where the cutoff is inf; always where it is -inf), from the pictures'
+        position-averaged latents `means` ((picture, latent), see `picture_means`)."""
+        score = means @ torch.from_numpy(self.weight[:, row]).float().to(means.device).T
+        return score > torch.from_numpy(self.cutoff[:, row]).float().to(means.device)
 
     @classmethod
     def build(cls, timesteps: list[int], selected: np.ndarray, factor: np.ndarray,
@@ -148,19 +160,34 @@ class Edit:
                    threshold=threshold.astype(np.float32), detector=detector)
 
 
+def picture_means(acts: torch.Tensor, idx: torch.Tensor, pictures: int,
+                  n_latents: int) -> torch.Tensor:
+    """(picture, latent) position-averaged latents of a block's TopK codes (acts and idx of
+    shape (picture * position, k), pictures in order), summed in a (picture, latent) table,
+    never a (vector, latent) one."""
+    picture = torch.arange(pictures, device=idx.device).repeat_interleave(len(acts) // pictures)
+    means = torch.zeros(pictures * n_latents, device=acts.device).index_add_(
+        0, (picture[:, None] * n_latents + idx).flatten(), acts.flatten()).view(pictures, -1)
+    return means / (len(acts) // pictures)
+
+
 class Unlearn:
     """Context manager that edits a block's output with an SAE during sampling.
 
     With a detector, which pictures (batch rows) are detected is kept across the UNet calls of
     one sampling run; a call at a higher timestep than the last, or with another batch size,
-    starts a new run."""
+    starts a new run. With `record`, each call's (timestep, picture_means) is kept in
+    `recorded`, for `touched_pictures`."""
 
     def __init__(self, unet: nn.Module, block: str, sae: SparseAutoencoder, edit: Edit | None,
-                 error_sign: int = 1):
+                 error_sign: int = 1, record: bool = False):
         if error_sign not in (1, -1):
             raise ValueError(f"error_sign must be 1 or -1, got {error_sign}")
         self.unet, self.sae, self.edit, self.error_sign = unet, sae, edit, error_sign
         self.module = resolve_blocks(unet, [block])[block]
+        self.record = record
+        self.recorded: list[tuple[int, torch.Tensor]] = []
+        """Per UNet call (with `record`): its timestep and the rows' position-averaged latents."""
         self._t: int | None = None
         self._detected: torch.Tensor | None = None
         self._handles: list = []
@@ -186,9 +213,19 @@ class Unlearn:
     @torch.no_grad()
     def _on_block(self, _m: nn.Module, _args: tuple, output: object) -> object:
         x = feature_map(output)
+        with torch.autocast(x.device.type, enabled=False):  # the SAE edits in float32
+            return with_feature_map(output, self._edited(x))
+
+    def _edited(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         vectors = x.permute(0, 2, 3, 1).reshape(-1, c).float()
         acts, idx = self.sae.encode(vectors)
+        n_latents = self.sae.cfg.n_latents
+        means = (picture_means(acts, idx, b, n_latents)
+                 if self.record or (self.edit is not None and self.edit.detector is not None)
+                 else None)
+        if self.record:
+            self.recorded.append((self._t, means.cpu()))
         edited = acts
         if self.edit is not None and self._t is not None:
             row = self.edit.row(self._t)
@@ -200,7 +237,7 @@ class Unlearn:
                 factor = factor[idx]
             else:
                 picture = torch.arange(b, device=idx.device).repeat_interleave(h * w)[:, None]
-                factor = self._detected_factor(acts, idx, picture, b, row)[picture, idx]
+                factor = self._detected_factor(means, row)[picture, idx]
                 hit = torch.isfinite(factor) & (acts > threshold[idx])
             edited = torch.where(hit, factor * acts, acts)
             n_selected = int(self.edit.selected[row].sum())
@@ -211,24 +248,45 @@ class Unlearn:
             out = vectors + (new - recon)  # exactly x when nothing is edited (new - recon == 0)
         else:
             out = new + (recon - vectors)
-        out = out.to(x.dtype).reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
-        return with_feature_map(output, out)
+        return out.to(x.dtype).reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
 
-    def _detected_factor(self, acts: torch.Tensor, idx: torch.Tensor, picture: torch.Tensor,
-                         pictures: int, row: int) -> torch.Tensor:
+    def _detected_factor(self, means: torch.Tensor, row: int) -> torch.Tensor:
         """(picture, latent) factor of the concepts detected in each picture so far, or edited
-        everywhere at this step (inf where none of them selects the latent). `picture`: each
-        vector's picture; latent sums go to a (picture, latent) table, never (vector, latent)."""
+        everywhere at this step (inf where none of them selects the latent)."""
         det = self.edit.detector
-        n_latents = det.weight.shape[-1]
-        means = torch.zeros(pictures * n_latents, device=acts.device).index_add_(
-            0, (picture * n_latents + idx).flatten(), acts.flatten()).view(pictures, -1)
-        means /= len(acts) // pictures
-        score = means @ torch.from_numpy(det.weight[:, row]).float().to(acts.device).T
-        cutoff = torch.from_numpy(det.cutoff[:, row]).float().to(acts.device)
-        now = score > cutoff
+        cutoff = torch.from_numpy(det.cutoff[:, row]).float().to(means.device)
+        now = det.detects(means, row)
         if self._detected is None or self._detected.shape != now.shape:
             self._detected = torch.zeros_like(now)
         self._detected |= now & torch.isfinite(cutoff)  # -inf: edited everywhere, not detected
-        factor = torch.from_numpy(det.factor[:, row]).float().to(acts.device)
+        factor = torch.from_numpy(det.factor[:, row]).float().to(means.device)
         return torch.where((self._detected | now)[:, :, None], factor[None], torch.inf).amin(1)
+
+
+def touched_pictures(edit: Edit | None, recorded: list[tuple[int, torch.Tensor]]) -> np.ndarray:
+    """bool per picture of an unedited sampling run that recorded `recorded` (Unlearn with
+    `record`; CFG batches of [unconditional, conditional] rows, one batch after another): the
+    pictures `edit` would change. A picture none of whose rows a detector ever detects is never
+    edited, so its sampling run is the unedited one, step for step; every other picture, and
+    every picture under an edit without a detector, counts as touched."""
+    runs: list[list[torch.Tensor]] = []
+    last = None
+    for t, means in recorded:  # a higher timestep than the last starts the next batch
+        if last is None or t >= last:
+            runs.append([])
+        runs[-1].append((t, means))
+        last = t
+    out = []
+    for run in runs:
+        rows = len(run[0][1])
+        if edit is None:
+            out.append(np.zeros(rows // 2, bool))
+            continue
+        if edit.detector is None:
+            out.append(np.ones(rows // 2, bool))
+            continue
+        hit = torch.zeros(rows, dtype=torch.bool)
+        for t, means in run:
+            hit |= edit.detector.detects(means, edit.row(t)).any(1)
+        out.append((hit[:rows // 2] | hit[rows // 2:]).numpy())
+    return np.concatenate(out) if out else np.zeros(0, bool)

@@ -30,14 +30,15 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from saeuron.config import Config
-from saeuron.intervention import Edit, Gate, Unlearn
+from saeuron.edited import Unedited, sample_edited, sample_unedited
+from saeuron.intervention import Edit, Gate
 from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.data import ALL_STYLES, cells
 from saeuron.minicanvas.prompts import prompt_for
 from saeuron.minicanvas.render import OBJECTS
 from saeuron.pipeline import Pipeline
 from saeuron.sae import SparseAutoencoder
-from saeuron.sampling import sample
+from saeuron.sampling import Precision
 
 VAL_SEED_BASE = 500_000
 """First seed of the validation split (harvest 0, score 100,000, eval 1,000,000)."""
@@ -54,6 +55,12 @@ class SweepConfig(Config):
                         "judged per seed, for IRA.")
     num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
     guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
+    precision: Precision = Field("auto", description="What the UNet computes in (auto: "
+                                 "bfloat16 where the device has native kernels).")
+    reuse_unedited: bool = Field(True, description="Sample only the validation pictures a "
+                                 "detecting edit touches; the others are the unedited ones "
+                                 "(the same pictures, sampled once). False: sample every "
+                                 "picture for every candidate.")
     objective: Literal["ua_ira", "ua_ira_cra"] = Field(
         "ua_ira", description="What the sweep maximises: (UA + IRA) / 2 as the paper, or "
         "(UA + IRA + CRA) / 3, CRA being the other domain's accuracy on the same images.")
@@ -146,17 +153,23 @@ def validation_cells(domain: str, concepts: list[str], cfg: SweepConfig,
 
 
 def judge_candidate(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str,
-                    domain: str, edit: Edit, val: ValidationCells, cfg: SweepConfig) -> dict:
-    """UA, IRA, CRA, the objective and the number of pictures of one edit on validation cells."""
-    with Unlearn(pipe.unet, hook, sae, edit):
-        images = sample(pipe, val.prompts, val.seeds, num_steps=cfg.num_steps,
-                        guidance=cfg.guidance)
+                    domain: str, edit: Edit, val: ValidationCells, cfg: SweepConfig,
+                    unedited: Unedited | None = None) -> dict:
+    """UA, IRA, CRA, the objective and the number of pictures of one edit on validation cells
+    (given their `unedited` run, only the pictures the edit touches are sampled)."""
+    images = sample_edited(pipe, hook, sae, edit, val.prompts, val.seeds, unedited=unedited,
+                           **sampling(cfg))
     style, obj = judge.predict(images)
     mine, theirs = (style, obj) if domain == "style" else (obj, style)
     correct = mine == val.truth
     return _metrics({"UA": (~correct[val.target]).sum(), "IRA": correct[~val.target].sum(),
                      "CRA": (theirs == val.other_truth).sum()},
                     val.target.sum(), (~val.target).sum(), cfg)
+
+
+def sampling(cfg: SweepConfig) -> dict:
+    """The sampling options of the sweep's pictures."""
+    return {"num_steps": cfg.num_steps, "guidance": cfg.guidance, "precision": cfg.precision}
 
 
 def _metrics(hits: dict, n_target: int, n_other: int, cfg: SweepConfig) -> dict:
@@ -207,11 +220,23 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
     val = validation_cells(domain, [concept], cfg)
     finalist_cells = validation_cells(domain, [concept], cfg, finalists=True)
     again: dict[tuple, dict] = {}
+    unedited: dict[tuple, Unedited] = {}
+
+    def judged_on(edit: Edit, cells: ValidationCells) -> dict:
+        """The candidate's judgement; a detecting edit's from the cells' unedited run (sampled
+        once), sampling only the pictures it touches."""
+        if edit.detector is None or not cfg.reuse_unedited:
+            return judge_candidate(pipe, judge, sae, hook, domain, edit, cells, cfg)
+        key = tuple(zip(cells.prompts, cells.seeds))
+        if key not in unedited:
+            unedited[key] = sample_unedited(pipe, {hook: sae}, cells.prompts, cells.seeds,
+                                            **sampling(cfg))
+        return judge_candidate(pipe, judge, sae, hook, domain, edit, cells, cfg, unedited[key])
 
     def judge_again(row: dict, cells: ValidationCells) -> dict:
         key = (row["top_n"], row["multiplier"], row["gate"])
         if key not in again:
-            again[key] = judge_candidate(pipe, judge, sae, hook, domain, edits(*key), cells, cfg)
+            again[key] = judged_on(edits(*key), cells)
         return again[key]
 
     def confirmed(row: dict) -> bool:
@@ -234,8 +259,7 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
         for n, gamma in cfg.candidates():
             row = {"domain": domain, "concept": concept, "gate": g, "top_n": n,
                    "multiplier": gamma,
-                   **judge_candidate(pipe, judge, sae, hook, domain, edits(n, gamma, g), val,
-                                     cfg)}
+                   **judged_on(edits(n, gamma, g), val)}
             rows.append(row)
             if cfg.stop_at_perfect and _perfect(row, cfg):
                 perfect_first += 1

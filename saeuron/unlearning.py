@@ -13,19 +13,22 @@ every (object, style) cell and judged by a classifier:
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from saeuron.config import Config
+from saeuron.edited import Unedited, sample_edited, sample_unedited
 from saeuron.grid import NO_STYLE, ConceptGrid, minicanvas_grid, unlearncanvas_grid
 from saeuron.harvest import SPLIT_SEED_BASE
-from saeuron.intervention import Edit, Gate, Unlearn, gate_thresholds
+from saeuron.intervention import Edit, Gate, gate_thresholds
 from saeuron.minicanvas import JUDGE_DIR
 from saeuron.minicanvas.classifier import Judge
-from saeuron.minicanvas.evaluate import GridJudge, GridResult, sample_grid
+from saeuron.minicanvas.evaluate import GridJudge, GridResult, grid_table, judge_grid
 from saeuron.pipeline import Pipeline
+from saeuron.sampling import Precision
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import SweepConfig
 from saeuron.vit_judge import ViTJudge, ViTJudgeConfig
@@ -105,12 +108,38 @@ def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domai
 def unlearned_grid(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, block: str,
                    edit: Edit | None, seeds: tuple[int, ...], *, num_steps: int,
                    guidance: float, error_sign: int = 1, grid: ConceptGrid | None = None,
-                   batch_size: int = 128) -> GridResult:
+                   batch_size: int = 128, precision: Precision = "auto",
+                   unedited: Unedited | None = None) -> GridResult:
     """Sample and judge the whole objects x styles grid (default MiniCanvas's) with the edit
-    applied."""
-    with Unlearn(pipe.unet, block, sae, edit, error_sign=error_sign):
-        return sample_grid(pipe, judge, seeds, num_steps=num_steps, guidance=guidance,
-                           batch_size=batch_size, grid=grid)
+    applied; given the grid's `unedited` run (unedited_grid, same options), only the pictures
+    the edit touches are sampled (saeuron.edited)."""
+    grid, table = grid_table(judge, seeds, grid)
+    images = sample_edited(pipe, block, sae, edit, list(table.prompt), list(table.seed),
+                           unedited=unedited, error_sign=error_sign, num_steps=num_steps,
+                           guidance=guidance, batch_size=batch_size, precision=precision)
+    return judge_grid(judge, images, table, grid, len(seeds))
+
+
+def unedited_grid(pipes: list[Pipeline], judge: GridJudge, saes: dict[str, SparseAutoencoder],
+                  seeds: tuple[int, ...], *, num_steps: int, guidance: float,
+                  grid: ConceptGrid | None = None, batch_size: int = 128,
+                  precision: Precision = "auto") -> tuple[GridResult, Unedited]:
+    """The judged grid without edit, and its run with the latents of each block of `saes`
+    recorded, for the targets' unlearned_grid. The grid is split into one consecutive part per
+    copy of the model in `pipes`, sampled in parallel threads (one torch thread each: the
+    caller's setting)."""
+    grid, table = grid_table(judge, seeds, grid)
+    parts = np.array_split(np.arange(len(table)), len(pipes))
+
+    def part(i: int) -> Unedited:
+        rows = table.iloc[parts[i]]
+        return sample_unedited(pipes[i], saes, list(rows.prompt), list(rows.seed),
+                               num_steps=num_steps, guidance=guidance, batch_size=batch_size,
+                               precision=precision)
+
+    with ThreadPoolExecutor(len(pipes)) as pool:
+        unedited = Unedited.concat(list(pool.map(part, range(len(pipes)))))
+    return judge_grid(judge, unedited.images, table, grid, len(seeds)), unedited
 
 
 class EvaluateConfig(Config):
@@ -151,6 +180,13 @@ class EvaluateConfig(Config):
                                         "scoring split.")
     num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
     guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
+    precision: Precision = Field("auto", description="What the UNet computes in (auto: "
+                                 "bfloat16 where the device has native kernels; "
+                                 "saeuron/sampling.py).")
+    reuse_unedited: bool = Field(True, description="Sample only the pictures a target's "
+                                 "edit touches; the others are the baseline's (the same "
+                                 "pictures, sampled once). False: sample every picture for "
+                                 "every target.")
     error_sign: Literal[1, -1] = Field(1, description="1: x + decode(z') - decode(z) (correct); "
                                        "-1: the public reference code's sign.")
     workers: int = Field(2, ge=1, le=64, description="Targets sampled at once (threads, each "
@@ -213,6 +249,11 @@ class EvaluateConfig(Config):
                 domains[domain].index(concept)
             grid.check(**{f"{domain}s": concepts})
         return chosen
+
+    def sampling(self) -> dict:
+        """The sampling options of the evaluation's pictures."""
+        return {"num_steps": self.num_steps, "guidance": self.guidance,
+                "batch_size": self.batch_size, "precision": self.precision}
 
     def seeds(self) -> list[int]:
         if self.seed_list is not None:

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from saeuron.grid import NO_STYLE, ConceptGrid, minicanvas_grid
 from saeuron.minicanvas.data import ALL_STYLES, EVAL_SEED_BASE
 from saeuron.minicanvas.render import OBJECTS
 from saeuron.pipeline import Pipeline
-from saeuron.sampling import sample
+from saeuron.sampling import Precision, sample
 
 DEFAULT_STEPS = 20
 """DDIM steps of the documented default sampler."""
@@ -90,20 +91,35 @@ class GridResult:
 def sample_grid(pipe: Pipeline, judge: GridJudge, seeds: tuple[int, ...] = EVAL_SEEDS, *,
                 num_steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
                 batch_size: int = 128, grid: ConceptGrid | None = None,
+                precision: Precision = "auto",
                 progress: Callable[[int, int], None] | None = None) -> GridResult:
     """Sample every (object, style) cell of `grid` (default MiniCanvas's) once per seed, with its
     first template, and judge each picture."""
+    grid, table = grid_table(judge, seeds, grid)
+    images = sample(pipe, list(table.prompt), list(table.seed), num_steps=num_steps,
+                    guidance=guidance, batch_size=batch_size, precision=precision,
+                    progress=progress)
+    return judge_grid(judge, images, table, grid, len(seeds))
+
+
+def grid_table(judge: GridJudge, seeds: tuple[int, ...],
+               grid: ConceptGrid | None = None) -> tuple[ConceptGrid, pd.DataFrame]:
+    """The grid (default MiniCanvas's) and its prompt table, one row per cell and seed (seed,
+    then style, then object; first template), once the judge is known to name its concepts."""
     grid = grid or minicanvas_grid()
-    styles, objects = grid.styles + (NO_STYLE,), grid.objects
-    for kind, prompted, known in (("style", styles, judge.style_labels),
-                                  ("object", objects, judge.object_labels)):
+    for kind, prompted, known in (("style", grid.styles + (NO_STYLE,), judge.style_labels),
+                                  ("object", grid.objects, judge.object_labels)):
         unknown = [c for c in prompted if c not in known]
         if unknown:
             raise ValueError(f"the classifier cannot name the {grid.name} grid's {kind}(s) "
                              f"{unknown}; it knows {', '.join(known)}")
-    table = grid.table(list(seeds), templates=1)  # rows: seed, then style, then object
-    images = sample(pipe, list(table.prompt), list(table.seed), num_steps=num_steps,
-                    guidance=guidance, batch_size=batch_size, progress=progress)
+    return grid, grid.table(list(seeds), templates=1)
+
+
+def judge_grid(judge: GridJudge, images: np.ndarray, table: pd.DataFrame, grid: ConceptGrid,
+               n_seeds: int) -> GridResult:
+    """Judge the pictures of a grid's prompt table (grid_table), in its order."""
+    styles, objects = grid.styles + (NO_STYLE,), grid.objects
     style_pred, object_pred = judge.predict(images)
     style_pred = np.array([styles.index(s) if s in styles else -1
                            for s in judge.style_labels])[style_pred]
@@ -111,7 +127,7 @@ def sample_grid(pipe: Pipeline, judge: GridJudge, seeds: tuple[int, ...] = EVAL_
                             for o in judge.object_labels])[object_pred]
     style_true = np.array([styles.index(s) for s in table["style"]])
     object_true = np.array([objects.index(o) for o in table["object"]])
-    shape = (len(seeds), len(styles), len(objects))
+    shape = (n_seeds, len(styles), len(objects))
     return GridResult(images=images.reshape(shape + images.shape[1:]),
                       style_ok=(style_pred == style_true).reshape(shape),
                       object_ok=(object_pred == object_true).reshape(shape),

@@ -1,0 +1,106 @@
+"""Sampling with an SAE edit, sampling again only the pictures the edit changes.
+
+Under the "detect" gate an edit acts only in the pictures where its concept shows, and a picture
+it never acts on is sampled exactly as without it: the same trajectory, step for step. So the
+unedited pictures are sampled once (`sample_unedited`), with each hooked block recording its
+pictures' position-averaged latents; an edit then samples only the pictures whose record it
+would detect (`sample_edited`; `saeuron.intervention.touched_pictures`) and takes the others
+from the unedited run. The sweep judges dozens of candidate edits and the evaluation a dozen
+targets on the same pictures, most of which no edit touches (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saeuron.intervention import Edit, Unlearn, touched_pictures
+from saeuron.pipeline import Pipeline
+from saeuron.sae import SparseAutoencoder
+from saeuron.sampling import sample
+
+RECORD_BUDGET = 256 << 20
+"""Bytes of latent records kept per unedited run; a larger run (a Stable Diffusion grid:
+20,480 latents per picture and step) keeps none, and its edits sample every picture."""
+
+
+@dataclass
+class Unedited:
+    """Pictures sampled without an edit, in sampling order, and per hooked block the record of
+    its SAE's latents (Unlearn's `recorded`); a block without a record reuses nothing."""
+
+    images: np.ndarray
+    """uint8 (N, H, W, 3)."""
+    recorded: dict[str, list[tuple[int, torch.Tensor]]] = field(default_factory=dict)
+
+    @classmethod
+    def concat(cls, parts: list["Unedited"]) -> "Unedited":
+        """Runs of consecutive prompt ranges, as one (their records are separate batches)."""
+        blocks = set.intersection(*(set(p.recorded) for p in parts))
+        return cls(np.concatenate([p.images for p in parts]),
+                   {b: [call for p in parts for call in p.recorded[b]] for b in blocks})
+
+    def save(self, path: str | Path) -> Path:
+        """One .npz: the pictures, and each block's timesteps and per-call latents."""
+        arrays = {"images": self.images}
+        for b, (block, calls) in enumerate(self.recorded.items()):
+            arrays[f"block{b}"] = np.array(block)
+            arrays[f"block{b}_t"] = np.array([t for t, _ in calls])
+            arrays.update({f"block{b}_{i}": m.numpy() for i, (_, m) in enumerate(calls)})
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Unedited":
+        with np.load(path) as data:
+            recorded = {}
+            b = 0
+            while f"block{b}" in data:
+                steps = data[f"block{b}_t"]
+                recorded[str(data[f"block{b}"])] = [
+                    (int(t), torch.from_numpy(data[f"block{b}_{i}"])) for i, t in enumerate(steps)]
+                b += 1
+            return cls(images=data["images"], recorded=recorded)
+
+
+def sample_unedited(pipe: Pipeline, saes: dict[str, SparseAutoencoder], prompts: list[str],
+                    seeds: list[int], *, num_steps: int, **sampling) -> Unedited:
+    """The pictures without edit, with each block of `saes` recording its latents (within
+    RECORD_BUDGET)."""
+    pictures = len(prompts)
+    recorders = {block: Unlearn(pipe.unet, block, sae, None, record=(
+        2 * pictures * num_steps * sae.cfg.n_latents * 4 <= RECORD_BUDGET))
+        for block, sae in saes.items()}
+    with ExitStack() as stack:
+        for recorder in recorders.values():
+            stack.enter_context(recorder)
+        images = sample(pipe, prompts, seeds, num_steps=num_steps, **sampling)
+    return Unedited(images, {b: r.recorded for b, r in recorders.items() if r.record})
+
+
+def sample_edited(pipe: Pipeline, block: str, sae: SparseAutoencoder, edit: Edit | None,
+                  prompts: list[str], seeds: list[int], *, unedited: Unedited | None = None,
+                  error_sign: int = 1, **sampling) -> np.ndarray:
+    """The pictures with `edit` at `block` (uint8 (N, H, W, 3)). Given `unedited` (the same
+    prompts and seeds, sampled by sample_unedited with the same options), only the pictures
+    the edit touches are sampled, in one batch of their own; the others are the unedited ones."""
+    reuse = (unedited is not None and block in unedited.recorded and error_sign == 1
+             and len(unedited.images) == len(prompts))
+    if not reuse:
+        with Unlearn(pipe.unet, block, sae, edit, error_sign=error_sign):
+            return sample(pipe, prompts, seeds, **sampling)
+    touched = np.flatnonzero(touched_pictures(edit, unedited.recorded[block]))
+    images = unedited.images.copy()
+    if len(touched):
+        with Unlearn(pipe.unet, block, sae, edit):
+            images[touched] = sample(pipe, [prompts[i] for i in touched],
+                                     [seeds[i] for i in touched], **sampling)
+    return images

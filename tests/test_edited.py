@@ -1,0 +1,94 @@
+"""Sampling only what an edit touches: the pictures it never detects are the unedited ones."""
+
+import numpy as np
+import pytest
+import torch
+
+from saeuron.edited import Unedited, sample_edited, sample_unedited
+from saeuron.intervention import Detector, Edit, Unlearn, touched_pictures
+from saeuron.pipeline import load_pipeline
+from saeuron.sae import SAEConfig, SparseAutoencoder
+from saeuron.sampling import sample, schedule_timesteps
+
+HOOK = "up_blocks.1.attentions.1"
+PROMPTS = ["a star in neon style", "a moon", "a ring in pop style", "a cross in ocean style",
+           "a heart", "a square in sketch style"]
+SEEDS = [11, 12, 13, 14, 15, 16]
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def pipe(fresh_pipeline_dir):
+    return load_pipeline(fresh_pipeline_dir)
+
+
+@pytest.fixture(scope="module")
+def sae(pipe):
+    torch.manual_seed(3)
+    return SparseAutoencoder(SAEConfig(d_in=pipe.unet.config.block_out_channels[1],
+                                       expansion_factor=4, k=8))
+
+
+def detecting_edit(pipe, sae, unedited: Unedited) -> Edit:
+    """A strong edit of 16 features, detected at the first step in about half the pictures
+    (the cutoff is the median of their detection scores there) and checked nowhere else."""
+    timesteps = schedule_timesteps(pipe, STEPS)
+    n = sae.cfg.n_latents
+    selected = np.zeros((1, len(timesteps), n), bool)
+    selected[..., :16] = True
+    weight = selected.astype(np.float32)
+    first = unedited.recorded[HOOK][0][1]  # (rows, latents) at the first step
+    score = first @ torch.from_numpy(weight[0, 0])
+    cutoff = np.full((1, len(timesteps)), np.inf, np.float32)
+    cutoff[0, 0] = float(score.median())
+    factor = np.where(selected, -8.0, np.inf).astype(np.float32)
+    detector = Detector(selected, factor, weight, cutoff)
+    return Edit(timesteps=list(timesteps), selected=selected[0], factor=factor[0],
+                threshold=np.zeros((len(timesteps), n), np.float32), detector=detector)
+
+
+@pytest.mark.parametrize("precision", ["float32", "auto"])
+def test_untouched_pictures_are_exactly_the_unedited_ones(pipe, sae, precision):
+    options = dict(num_steps=STEPS, guidance=4.0, precision=precision)
+    unedited = sample_unedited(pipe, {HOOK: sae}, PROMPTS, SEEDS, **options)
+    assert np.array_equal(unedited.images, sample(pipe, PROMPTS, SEEDS, **options)), \
+        "recording changes nothing"
+    edit = detecting_edit(pipe, sae, unedited)
+    touched = touched_pictures(edit, unedited.recorded[HOOK])
+    assert 0 < touched.sum() < len(PROMPTS)
+    with Unlearn(pipe.unet, HOOK, sae, edit):
+        full = sample(pipe, PROMPTS, SEEDS, **options)
+    assert np.array_equal(full[~touched], unedited.images[~touched]), \
+        "a picture the edit never detects is sampled as without it"
+    assert all(not np.array_equal(full[i], unedited.images[i]) for i in np.flatnonzero(touched))
+    reused = sample_edited(pipe, HOOK, sae, edit, PROMPTS, SEEDS, unedited=unedited, **options)
+    assert np.array_equal(reused[~touched], full[~touched])
+    # the touched ones are sampled in a batch of their own: equal up to float rounding
+    diff = np.abs(reused[touched].astype(int) - full[touched].astype(int))
+    assert np.mean(diff) < 1.0
+
+
+def test_edits_without_detector_or_reference_sign_sample_every_picture(pipe, sae, tmp_path):
+    options = dict(num_steps=STEPS, guidance=4.0)
+    unedited = sample_unedited(pipe, {HOOK: sae}, PROMPTS[:3], SEEDS[:3], **options)
+    edit = detecting_edit(pipe, sae, unedited)
+    plain = Edit(edit.timesteps, edit.selected, edit.factor, edit.threshold)
+    assert touched_pictures(plain, unedited.recorded[HOOK]).all()
+    assert not touched_pictures(None, unedited.recorded[HOOK]).any()
+    with Unlearn(pipe.unet, HOOK, sae, edit, error_sign=-1):
+        reference = sample(pipe, PROMPTS[:3], SEEDS[:3], **options)
+    assert np.array_equal(sample_edited(pipe, HOOK, sae, edit, PROMPTS[:3], SEEDS[:3],
+                                        unedited=unedited, error_sign=-1, **options), reference)
+    loaded = Unedited.load(unedited.save(tmp_path / "unedited.npz"))
+    assert np.array_equal(loaded.images, unedited.images)
+    assert [t for t, _ in loaded.recorded[HOOK]] == [t for t, _ in unedited.recorded[HOOK]]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(loaded.recorded[HOOK],
+                                                          unedited.recorded[HOOK]))
+
+
+def test_runs_of_several_batches_are_told_apart(pipe, sae):
+    options = dict(num_steps=STEPS, guidance=4.0)
+    one = sample_unedited(pipe, {HOOK: sae}, PROMPTS, SEEDS, **options)
+    split = sample_unedited(pipe, {HOOK: sae}, PROMPTS, SEEDS, batch_size=4, **options)
+    edit = detecting_edit(pipe, sae, one)
+    assert len(touched_pictures(edit, split.recorded[HOOK])) == len(PROMPTS)
