@@ -80,7 +80,8 @@ def harvest(config: HarvestConfig = HarvestConfig(), run: RunConfig = RunConfig(
     fp = fingerprint("harvest", [s.fingerprint() for s in splits])
     if hit := cached(layout, "harvest", fp, force):
         return hit
-    checked = [prepare(s) for s in splits]  # every option checked before any work or deletion
+    first = prepare(splits[0])  # every option checked before any work or deletion
+    checked = [first, prepare(splits[1], first.pipe)]
     outputs = {s.split: layout.activations(s.split) for s in splits}
     # A store records its own configuration: one still valid is kept (and resumed) even when
     # the other split changed; forced, both are harvested again.

@@ -81,10 +81,18 @@ class PipelineConfig(Config):
         return self.harvest.model_copy(update={"split": "score", "n_seeds": self.score_seeds})
 
 
+_CHECKED: set[str] = set()
+"""Configurations check_pipeline passed in this process (the CLI checks before the flow does)."""
+
+
 def check_pipeline(cfg: PipelineConfig) -> None:
-    """Every check that needs the model but no sampling, so a bad run fails in seconds."""
+    """Every check that needs the model but no sampling, so a bad run fails in seconds; once
+    per configuration and process."""
+    key = cfg.model_dump_json()
+    if key in _CHECKED:
+        return
     harvested = prepare(cfg.harvest)
-    prepare(cfg.score_harvest())
+    prepare(cfg.score_harvest(), harvested.pipe)
     for domain in DOMAINS:
         hook = getattr(cfg.score.hooks, domain)
         sae = SAEConfig(d_in=harvested.spec.hooks[hook][1],
@@ -105,3 +113,4 @@ def check_pipeline(cfg: PipelineConfig) -> None:
                              f"scores these: {', '.join(known)}")
     sets = [s for group in cfg.evaluate.style_sets for s in group]
     cfg.evaluate.concept_grid().check(cfg.evaluate.objects, (cfg.evaluate.styles or []) + sets)
+    _CHECKED.add(key)
