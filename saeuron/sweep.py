@@ -225,7 +225,7 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
     def judged_on(edit: Edit, cells: ValidationCells) -> dict:
         """The candidate's judgement; a detecting edit's from the cells' unedited run (sampled
         once), sampling only the pictures it touches."""
-        if edit.detector is None or not cfg.reuse_unedited:
+        if not cfg.reuse_unedited or edit.detector is None:
             return judge_candidate(pipe, judge, sae, hook, domain, edit, cells, cfg)
         key = tuple(zip(cells.prompts, cells.seeds))
         if key not in unedited:

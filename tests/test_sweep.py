@@ -114,7 +114,8 @@ def test_the_sweep_stops_once_its_choice_is_known_and_chooses_as_the_full_sweep(
     import saeuron.sweep as sweep
 
     cfg = SweepConfig(top_n=[1, 3], multipliers=[-3.0, -10.0], own=2, others=2, finalists=2,
-                      finalist_seeds=1, objective="ua_ira_cra", fallback_gate=None)
+                      finalist_seeds=1, objective="ua_ira_cra", fallback_gate=None,
+                      reuse_unedited=False)  # the fake edits have no detector to reuse by
     calls = []
 
     def judge(pipe, judge, sae, hook, domain, edit, val, cfg):
@@ -144,7 +145,7 @@ def test_the_stronger_preference_judges_the_strongest_first_and_keeps_it_on_ties
     import saeuron.sweep as sweep
 
     cfg = SweepConfig(top_n=[1, 3], multipliers=[-3.0, -10.0], own=2, others=2, finalists=2,
-                      prefer="stronger")
+                      prefer="stronger", reuse_unedited=False)
     assert cfg.candidates() == [(3, -10.0), (3, -3.0), (1, -10.0), (1, -3.0)]
     calls = []
 
