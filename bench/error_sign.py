@@ -16,7 +16,8 @@ from saeuron.minicanvas.classifier import Judge
 from saeuron.pipeline import load_pipeline
 from saeuron.run import PipelineConfig
 from saeuron.sae import SparseAutoencoder
-from saeuron.unlearning import METRICS, concept_edit, unlearned_grid, unlearning_metrics
+from saeuron.metrics import METRICS, unlearning_metrics
+from saeuron.unlearning import concept_edit, unlearned_grid
 from storage.features import read_features, sae_fingerprint
 from storage.run import RunLayout
 
@@ -45,7 +46,7 @@ def main() -> None:
         for sign in (1, -1):
             result = unlearned_grid(pipe, judge, sae, hook, edit, tuple(ev.seeds()),
                                     num_steps=ev.num_steps, guidance=ev.guidance, error_sign=sign)
-            got[sign] = unlearning_metrics(result, domain, [concept])
+            got[sign] = unlearning_metrics(result.judged(), domain, [concept])
             for m in METRICS:
                 totals[sign][m] += got[sign][m] / len(targets)
         print(f"| {concept} | " + " | ".join(f"{got[s][m]:.3f}" for m in METRICS for s in (1, -1))

@@ -11,10 +11,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.evaluate import evaluate, summary_table
+from flows.evaluate import evaluate
 from flows.harvest import harvest
 from flows.score import score
 from flows.train import train
+from saeuron.report import summary_table
 from saeuron.run import PipelineConfig, check_pipeline
 
 

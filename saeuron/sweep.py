@@ -32,6 +32,7 @@ from pydantic import Field, field_validator
 from saeuron.config import Config
 from saeuron.edited import Unedited, sample_edited, sample_unedited
 from saeuron.intervention import Edit, Gate
+from saeuron.metrics import METRICS, Judged, counts, pooled, rates
 from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.data import ALL_STYLES, cells
 from saeuron.minicanvas.prompts import prompt_for
@@ -40,6 +41,8 @@ from saeuron.pipeline import Pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sampling import Precision
 
+Metric = Literal["UA", "IRA", "CRA", "kept", "CRA_grid"]
+"""A name of saeuron.metrics.METRICS."""
 VAL_SEED_BASE = 500_000
 """First seed of the validation split (harvest 0, score 100,000, eval 1,000,000)."""
 
@@ -61,9 +64,11 @@ class SweepConfig(Config):
                                  "detecting edit touches; the others are the unedited ones "
                                  "(the same pictures, sampled once). False: sample every "
                                  "picture for every candidate.")
-    objective: Literal["ua_ira", "ua_ira_cra"] = Field(
-        "ua_ira", description="What the sweep maximises: (UA + IRA) / 2 as the paper, or "
-        "(UA + IRA + CRA) / 3, CRA being the other domain's accuracy on the same images.")
+    objective: list[Metric] = Field(
+        ["UA", "IRA"], min_length=1, description="The metrics (saeuron.metrics) whose mean the "
+        "sweep maximises: UA and IRA as the paper; add CRA_grid (the other domain on every "
+        "picture) or kept (the other domain on the target's own pictures) for edits that must "
+        "spare the other domain.")
     finalists: int = Field(3, ge=0, le=100, description="Best candidates judged again on "
                            "finalist_seeds more validation seeds, then chosen on all their "
                            "pictures (0: choose on the first judgement).")
@@ -100,6 +105,11 @@ class SweepConfig(Config):
         pairs = [(n, g) for n in self.top_n for g in self.multipliers]
         return sorted(pairs, key=lambda p: self.preference(*p), reverse=True)
 
+    @field_validator("objective")
+    @classmethod
+    def _distinct(cls, values: list[str]) -> list[str]:
+        return [m for m in METRICS if m in values]
+
     @field_validator("top_n")
     @classmethod
     def _positive(cls, values: list[int]) -> list[int]:
@@ -119,19 +129,17 @@ class SweepConfig(Config):
 class ValidationCells:
     prompts: list[str]
     seeds: list[int]
-    truth: np.ndarray
-    """Index of the prompted concept in its domain, per image."""
-    other_truth: np.ndarray
-    """Index of the prompted concept of the other domain, per image."""
-    target: np.ndarray
-    """bool per image: prompted with the target concept."""
+    styles: np.ndarray
+    """Index of the prompted style in ALL_STYLES, per image."""
+    objects: np.ndarray
+    """Index of the prompted object in OBJECTS, per image."""
 
 
 def validation_cells(domain: str, concepts: list[str], cfg: SweepConfig,
                      finalists: bool = False) -> ValidationCells:
     """Fixed samples of the concepts' cells and of the other concepts' cells, per validation seed
     (the first n_seeds, or with `finalists` the finalist_seeds after them)."""
-    labels, other = (ALL_STYLES, OBJECTS) if domain == "style" else (OBJECTS, ALL_STYLES)
+    labels = ALL_STYLES if domain == "style" else OBJECTS
     position = 1 if domain == "style" else 0
     grid = cells()
     mine = [c for c in grid if c[position] in concepts]
@@ -139,32 +147,26 @@ def validation_cells(domain: str, concepts: list[str], cfg: SweepConfig,
     rng = np.random.default_rng([VAL_SEED_BASE, *(labels.index(c) for c in concepts)])
     own = [mine[i] for i in sorted(rng.choice(len(mine), min(cfg.own, len(mine)), replace=False))]
     chosen = [rest[i] for i in sorted(rng.choice(len(rest), min(cfg.others, len(rest)), replace=False))]
-    prompts, seeds, truth, other_truth, target = [], [], [], [], []
     first = VAL_SEED_BASE + (cfg.n_seeds if finalists else 0)
-    for seed in range(first, first + (cfg.finalist_seeds if finalists else cfg.n_seeds)):
-        for cell in own + chosen:
-            prompts.append(prompt_for(*cell))
-            seeds.append(seed)
-            truth.append(labels.index(cell[position]))
-            other_truth.append(other.index(cell[1 - position]))
-            target.append(cell[position] in concepts)
-    return ValidationCells(prompts, seeds, np.array(truth), np.array(other_truth),
-                           np.array(target))
+    pictures = [(obj, style, seed)
+                for seed in range(first, first + (cfg.finalist_seeds if finalists else cfg.n_seeds))
+                for obj, style in own + chosen]
+    return ValidationCells([prompt_for(o, s) for o, s, _ in pictures], [p[2] for p in pictures],
+                           np.array([ALL_STYLES.index(s) for _, s, _ in pictures]),
+                           np.array([OBJECTS.index(o) for o, _, _ in pictures]))
 
 
 def judge_candidate(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str,
-                    domain: str, edit: Edit, val: ValidationCells, cfg: SweepConfig,
-                    unedited: Unedited | None = None) -> dict:
-    """UA, IRA, CRA, the objective and the number of pictures of one edit on validation cells
-    (given their `unedited` run, only the pictures the edit touches are sampled)."""
+                    domain: str, concepts: list[str], edit: Edit, val: ValidationCells,
+                    cfg: SweepConfig, unedited: Unedited | None = None) -> dict:
+    """The metrics (saeuron.metrics), the objective and the number of pictures of one edit on
+    validation cells (given their `unedited` run, only the pictures the edit touches are
+    sampled)."""
     images = sample_edited(pipe, hook, sae, edit, val.prompts, val.seeds, unedited=unedited,
                            **sampling(cfg))
     style, obj = judge.predict(images)
-    mine, theirs = (style, obj) if domain == "style" else (obj, style)
-    correct = mine == val.truth
-    return _metrics({"UA": (~correct[val.target]).sum(), "IRA": correct[~val.target].sum(),
-                     "CRA": (theirs == val.other_truth).sum()},
-                    val.target.sum(), (~val.target).sum(), cfg)
+    judged = Judged(val.styles, val.objects, style, obj, ALL_STYLES, OBJECTS)
+    return _metrics(counts(judged, domain, concepts), cfg)
 
 
 def sampling(cfg: SweepConfig) -> dict:
@@ -172,29 +174,25 @@ def sampling(cfg: SweepConfig) -> dict:
     return {"num_steps": cfg.num_steps, "guidance": cfg.guidance, "precision": cfg.precision}
 
 
-def _metrics(hits: dict, n_target: int, n_other: int, cfg: SweepConfig) -> dict:
-    """Metrics from counts of hits (kept in the row, so that two judgements can be pooled)."""
-    ua, ira = hits["UA"] / n_target, hits["IRA"] / n_other
-    cra = hits["CRA"] / (n_target + n_other)
-    terms = (ua, ira, cra) if cfg.objective == "ua_ira_cra" else (ua, ira)
-    return {"UA": round(float(ua), 4), "IRA": round(float(ira), 4), "CRA": round(float(cra), 4),
-            "objective": round(float(sum(terms) / len(terms)), 4),
-            "images": int(n_target + n_other), "n_target": int(n_target),
-            "hits": {k: int(v) for k, v in hits.items()}}
+def _metrics(counted: dict[str, list[int]], cfg: SweepConfig) -> dict:
+    """A row's metrics from its counts (kept in the row, so that two judgements can be pooled);
+    the objective averages the terms its cells count (the sweep's few cells of other concepts
+    may hold no unstyled picture, which CRA of a style counts)."""
+    shares = rates(counted)
+    terms = [shares[m] for m in cfg.objective if counted[m][1]]
+    return {**{m: round(v, 4) if counted[m][1] else None for m, v in shares.items()},
+            "objective": round(float(np.mean(terms)), 4),
+            "images": counted["CRA_grid"][1], "counts": counted}
 
 
 def _pooled(row: dict, more: dict, cfg: SweepConfig) -> dict:
     """A row's metrics over its first judgement and a second one (`more`)."""
-    hits = {k: row["hits"][k] + more["hits"][k] for k in row["hits"]}
-    n_target = row["n_target"] + more["n_target"]
-    return _metrics(hits, n_target, row["images"] + more["images"] - n_target, cfg)
+    return _metrics(pooled(row["counts"], more["counts"]), cfg)
 
 
 def _perfect(metrics: dict, cfg: SweepConfig) -> bool:
     """Every picture right, for what the objective counts: nothing can score higher."""
-    hits, n_target, images = metrics["hits"], metrics["n_target"], metrics["images"]
-    return (hits["UA"] == n_target and hits["IRA"] == images - n_target
-            and (cfg.objective == "ua_ira" or hits["CRA"] == images))
+    return all(metrics["counts"][m][0] == metrics["counts"][m][1] for m in cfg.objective)
 
 
 def _finals(rows: list[dict], judge_again: Callable[[dict, ValidationCells], dict],
@@ -226,12 +224,13 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
         """The candidate's judgement; a detecting edit's from the cells' unedited run (sampled
         once), sampling only the pictures it touches."""
         if not cfg.reuse_unedited or edit.detector is None:
-            return judge_candidate(pipe, judge, sae, hook, domain, edit, cells, cfg)
+            return judge_candidate(pipe, judge, sae, hook, domain, [concept], edit, cells, cfg)
         key = tuple(zip(cells.prompts, cells.seeds))
         if key not in unedited:
             unedited[key] = sample_unedited(pipe, {hook: sae}, cells.prompts, cells.seeds,
                                             **sampling(cfg))
-        return judge_candidate(pipe, judge, sae, hook, domain, edit, cells, cfg, unedited[key])
+        return judge_candidate(pipe, judge, sae, hook, domain, [concept], edit, cells, cfg,
+                               unedited[key])
 
     def judge_again(row: dict, cells: ValidationCells) -> dict:
         key = (row["top_n"], row["multiplier"], row["gate"])
@@ -294,9 +293,9 @@ def sweep_set(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, d
     edit with every multiplier scaled. Ties: the larger scale (the concepts' own choice)."""
     val = validation_cells(domain, concepts, cfg)
     rows = [{"domain": domain, "concepts": "+".join(concepts), "scale": scale,
-             **judge_candidate(pipe, judge, sae, hook, domain, edits(scale), val, cfg)}
+             **judge_candidate(pipe, judge, sae, hook, domain, concepts, edits(scale), val, cfg)}
             for scale in scales]
-    best = _finals(rows, lambda r, v: judge_candidate(pipe, judge, sae, hook, domain,
+    best = _finals(rows, lambda r, v: judge_candidate(pipe, judge, sae, hook, domain, concepts,
                                                       edits(r["scale"]), v, cfg),
                    lambda r: (r["objective"], r["scale"]), domain, concepts, cfg)
     return best["scale"], rows

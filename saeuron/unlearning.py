@@ -1,15 +1,5 @@
-"""Unlearning metrics of the UnlearnCanvas protocol: UA, IRA and CRA.
-
-For target concept(s) C of one domain (style or object), over a grid of images prompted with
-every (object, style) cell and judged by a classifier:
-
-- UA, unlearning accuracy: over images prompted with a concept of C, the share NOT classified
-  as the concept they were prompted with;
-- IRA, in-domain retain accuracy: over images prompted with the domain's other concepts, the
-  share classified correctly in that domain;
-- CRA, cross-domain retain accuracy: over all images, the share classified correctly in the
-  other domain.
-"""
+"""Unlearning a target on the evaluation grid: its edit from a feature store, the judged grid
+with and without it, and its row of metrics (saeuron.metrics defines them)."""
 
 from __future__ import annotations
 
@@ -27,55 +17,13 @@ from saeuron.intervention import Edit, Gate, gate_thresholds
 from saeuron.minicanvas import JUDGE_DIR
 from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.evaluate import GridJudge, GridResult, grid_table, judge_grid
+from saeuron.minicanvas.render import render_batch
 from saeuron.pipeline import Pipeline
 from saeuron.sampling import Precision
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import SweepConfig
 from saeuron.vit_judge import ViTJudge, ViTJudgeConfig
 from storage.features import DomainFeatures
-
-
-METRICS = ("UA", "IRA", "CRA", "CRA_grid")
-"""What unlearning_metrics measures, in table order."""
-
-
-def unlearning_metrics(result: GridResult, domain: str, concepts: list[str]) -> dict[str, float]:
-    """UA, IRA and CRA (in [0, 1]) of a judged grid for targets of one domain, counted as the
-    SAeUron reference evaluation counts them on UnlearnCanvas, and CRA_grid:
-
-    - UA: the share of the targets' pictures not judged as their concept;
-    - IRA: the domain's accuracy on the pictures of its other concepts (for styles the other
-      styles; the unstyled row is not a style to retain);
-    - CRA: the other domain's accuracy where the target's domain is absent from the prompt: for
-      style targets the objects of the unstyled row ("An image of {object}.", sampled with the
-      edit on); for object targets the styles of every styled picture;
-    - CRA_grid: the other domain's accuracy on every picture, the targets' own included
-      (stricter: an edit that also breaks the object of its own style's pictures counts here,
-      by as much as its row weighs in the grid, 1/11 on MiniCanvas against 1/51 on UnlearnCanvas).
-    """
-    if domain not in ("style", "object"):
-        raise ValueError(f"unknown domain {domain!r}; use 'style' or 'object'")
-    labels = list(result.styles if domain == "style" else result.objects)
-    unknown = [c for c in concepts if c not in labels or (domain == "style" and c == NO_STYLE)]
-    if unknown or not concepts:
-        known = [c for c in labels if c != NO_STYLE]
-        raise ValueError(f"unknown {domain} target(s) {unknown or concepts}; known: "
-                         f"{', '.join(known)}")
-    seeds, n_styles, n_objects = result.style_pred.shape
-    true_style = np.broadcast_to(np.arange(n_styles)[None, :, None], result.style_pred.shape)
-    true_object = np.broadcast_to(np.arange(n_objects)[None, None, :], result.object_pred.shape)
-    truth = {"style": true_style, "object": true_object}
-    pred = {"style": result.style_pred, "object": result.object_pred}
-    other = "object" if domain == "style" else "style"
-    target = np.isin(truth[domain], [labels.index(c) for c in concepts])
-    correct = pred[domain] == truth[domain]
-    other_correct = pred[other] == truth[other]
-    unstyled = true_style == list(result.styles).index(NO_STYLE)
-    retained = ~target & ~unstyled if domain == "style" else ~target
-    return {"UA": float((~correct[target]).mean()),
-            "IRA": float(correct[retained].mean()),
-            "CRA": float(other_correct[unstyled if domain == "style" else ~unstyled].mean()),
-            "CRA_grid": float(other_correct.mean())}
 
 
 def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domain: str,
@@ -142,6 +90,17 @@ def unedited_grid(pipes: list[Pipeline], judge: GridJudge, saes: dict[str, Spars
     return judge_grid(judge, unedited.images, table, grid, len(seeds)), unedited
 
 
+def reference_features(judge: GridJudge, grid: ConceptGrid, seeds: tuple[int, ...],
+                       unedited: GridResult) -> np.ndarray:
+    """The judge's features (N, d) of what the grid's cells should look like, in the grid's
+    picture order: renders of the cells where the world renders them (MiniCanvas), else the
+    unedited grid's own pictures (their distance to themselves, 0, is then the floor)."""
+    if grid.name != "minicanvas":
+        return unedited.judged().features
+    _, table = grid_table(judge, seeds, grid)
+    return judge.embed(render_batch(list(table["object"]), list(table["style"]), list(table["seed"])))
+
+
 class EvaluateConfig(Config):
     model: str = Field("minicanvas", description="Pipeline folder, or 'minicanvas'.")
     grid: Literal["minicanvas", "unlearncanvas"] = Field(
@@ -172,7 +131,7 @@ class EvaluateConfig(Config):
     set_sweep: SweepConfig = Field(default_factory=lambda: SweepConfig(own=10, others=10),
                                    description="Validation cells and sampling of the set sweep "
                                    "(its top_n and multipliers are not used).")
-    n_seeds: int = Field(1, ge=1, le=100, description="Evaluation seeds per grid cell, from "
+    n_seeds: int = Field(3, ge=1, le=100, description="Evaluation seeds per grid cell, from "
                          "1,000,000 (the evaluation split; MiniCanvas's judge seeds).")
     seed_list: list[int] | None = Field(None, min_length=1, description="Or exactly these "
                                         "evaluation seeds (UnlearnCanvas's protocol: [188, 288, "

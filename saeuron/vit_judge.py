@@ -204,9 +204,8 @@ class ViTJudge:
         std = torch.tensor(self.cfg.std, device=self.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    @torch.no_grad()
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(style index into style_labels, object index into object_labels) per uint8 image."""
+    def _run(self, images: np.ndarray, read) -> dict[str, np.ndarray]:
+        """`read(model, outputs)` of both models per batch, concatenated per model."""
         out: dict[str, list[np.ndarray]] = {"style": [], "object": []}
         for start in range(0, len(images), self.cfg.batch_size):
             batch, inputs = images[start:start + self.cfg.batch_size], {}
@@ -215,6 +214,19 @@ class ViTJudge:
                 size = self.cfg.image_size or native
                 if size not in inputs:
                     inputs[size] = self.preprocess(batch, size)
-                logits = model(inputs[size], interpolate_pos_encoding=size != native).logits
-                out[kind].append(logits.argmax(1).cpu().numpy())
-        return np.concatenate(out["style"]), np.concatenate(out["object"])
+                out[kind].append(read(model, inputs[size], size != native).cpu().numpy())
+        return {kind: np.concatenate(parts) for kind, parts in out.items()}
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(style index into style_labels, object index into object_labels) per uint8 image."""
+        out = self._run(images, lambda model, x, resized: model(
+            x, interpolate_pos_encoding=resized).logits.argmax(1))
+        return out["style"], out["object"]
+
+    @torch.no_grad()
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """float (N, 2 x hidden): both models' class-token features, the inputs of their heads."""
+        out = self._run(images, lambda model, x, resized: model.vit(
+            x, interpolate_pos_encoding=resized).last_hidden_state[:, 0])
+        return np.concatenate([out["style"], out["object"]], axis=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from prefect import get_run_logger, task
 
 from saeuron.edited import Unedited
@@ -12,18 +13,38 @@ from saeuron.minicanvas.evaluate import GridResult, grid_picture
 from saeuron.pipeline import load_pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import sweep_set
-from saeuron.unlearning import (EvaluateConfig, concept_edit, unedited_grid, unlearned_grid,
-                                unlearning_metrics)
+from saeuron.metrics import assess, frechet_distance
+from saeuron.unlearning import (EvaluateConfig, concept_edit, reference_features, unedited_grid,
+                                unlearned_grid)
 from storage.features import read_features, sae_fingerprint
 
 UNEDITED = "unedited.npz"
 """The baseline's run in its folder: its pictures and each block's latents (saeuron.edited)."""
+FEATURES = "features.npz"
+"""The baseline's judge features in its folder: its pictures' ('base') and the renders' of the
+same cells ('reference'), the references of every target's distances."""
 
 
 def _row(name: str, result: GridResult, out_dir: str) -> dict:
-    picture = grid_picture(result.images[0], Path(out_dir) / name / "grid.png")
+    picture = grid_picture(result.images[0], Path(out_dir) / name / "grid.png",
+                           rows=result.styles, columns=result.objects)
     return {"target": name, "domain": "-", "style_acc": result.style_accuracy,
             "object_acc": result.object_accuracy, "image": str(picture)}
+
+
+def before_after(before: np.ndarray, after: GridResult, domain: str, concepts: list[str],
+                 path: Path) -> Path:
+    """The targets' own pictures at the first seed, each target's unedited row (a style's
+    objects, an object's styles) above its edited one, labelled."""
+    labels = after.styles if domain == "style" else after.objects
+    rows, names = [], []
+    for concept in concepts:
+        i = labels.index(concept)
+        for tag, images in (("before", before[0]), ("after", after.images[0])):
+            rows.append(images[i] if domain == "style" else images[:, i])
+            names.append(f"{concept} {tag}")
+    return grid_picture(np.stack(rows), path, rows=tuple(names),
+                        columns=after.objects if domain == "style" else after.styles)
 
 
 @task(name="unedited-grid", task_run_name="baseline")
@@ -34,10 +55,13 @@ def unedited_target(config: EvaluateConfig, sae_dir: str, hooks: list[str], out_
     saes = {h: SparseAutoencoder.load(Path(sae_dir) / h, device=config.device) for h in hooks}
     model = HarvestConfig(model=config.model).model_path()
     pipes = [load_pipeline(model, device=config.device) for _ in range(config.workers)]
-    result, unedited = unedited_grid(pipes, config.judge(), saes, tuple(config.seeds()),
-                                     grid=config.concept_grid(), **config.sampling())
-    unedited.save(Path(out_dir) / "baseline" / UNEDITED)
-    row = _row("baseline", result, out_dir)
+    judge, grid, seeds = config.judge(), config.concept_grid(), tuple(config.seeds())
+    result, unedited = unedited_grid(pipes, judge, saes, seeds, grid=grid, **config.sampling())
+    folder = Path(out_dir) / "baseline"
+    unedited.save(folder / UNEDITED)
+    base, reference = result.judged().features, reference_features(judge, grid, seeds, result)
+    np.savez(folder / FEATURES, base=base, reference=reference)
+    row = {**_row("baseline", result, out_dir), "FD_rest": frechet_distance(base, reference)}
     get_run_logger().info(f"baseline: {row}")
     return row
 
@@ -67,8 +91,13 @@ def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, hook
                             error_sign=config.error_sign, grid=config.concept_grid(),
                             unedited=Unedited.load(unedited) if unedited else None,
                             **config.sampling())
+    baseline = Path(out_dir) / "baseline"
+    features = np.load(baseline / FEATURES)
+    before = Unedited.load(baseline / UNEDITED).images.reshape(result.images.shape)
     row = {**_row(name, result, out_dir), "domain": domain,
-           **unlearning_metrics(result, domain, concepts)}
+           **assess(result.judged(), features["base"], features["reference"], domain, concepts),
+           "before_after": str(before_after(before, result, domain, concepts,
+                                            Path(out_dir) / name / "before_after.png"))}
     if len(concepts) > 1:
         row["scale"] = scale
     logger.info(f"{name}: {row}")

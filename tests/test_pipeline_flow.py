@@ -9,16 +9,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from saeuron.harvest import HarvestConfig
 from saeuron.run import PipelineConfig, RunConfig
 from saeuron.sae_train import CHECKPOINT, SAETrainConfig
-from saeuron.scoring import ScoreConfig
+from saeuron.scoring import DomainSweeps, ScoreConfig
 from saeuron.sweep import SweepConfig
 from saeuron.unlearning import EvaluateConfig
 from storage.activations import ActivationStore
+from storage.features import read_features, sae_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "up_blocks.1.attentions.1"
@@ -59,9 +61,10 @@ def test_pipeline_caches_and_reruns_only_downstream(fresh_pipeline_dir, tmp_path
                    set_scales=[1.0, 0.5], set_sweep=SweepConfig(own=2, others=2, num_steps=2))
     first = pipeline(config)
     assert states(first) == dict.fromkeys(("harvest", "train", "score", "evaluate"), "Completed")
-    assert [s["domain"] for s in first["summary"]] == ["style", "object", "style sets"]
+    assert [s["targets"] for s in first["summary"]] == ["style", "object", "style sets"]
     report = Path(first["report"]).read_text()
-    assert "![sunset+pop](sunset+pop/grid.png)" in report
+    assert "![sunset+pop grid](sunset+pop/grid.png)" in report
+    assert "![sunset+pop before / after](sunset+pop/before_after.png)" in report
 
     with get_client(sync_client=True) as client:
         for key in ("harvest-summary", "train-summary", "score-summary", "unlearning-targets",
@@ -69,10 +72,13 @@ def test_pipeline_caches_and_reruns_only_downstream(fresh_pipeline_dir, tmp_path
             assert latest_artifact(client, key).type == "table"
         targets = json.loads(latest_artifact(client, "unlearning-targets").data)
         assert [r["target"] for r in targets] == ["baseline", "sunset", "star", "sunset+pop"]
-        assert all(0 <= r["UA"] <= 1 for r in targets[1:])
+        assert all(0 <= r["UA"] <= 1 and 0 <= r["kept"] <= 1 and r["FD_own"] >= 0
+                   for r in targets[1:])
+        assert list(targets[1])[:7] == ["target", "domain", "UA", "IRA", "CRA", "kept",
+                                        "CRA_grid"] and list(targets[1])[-1] == "before_after"
         assert targets[-1]["scale"] in (1.0, 0.5) and "scale" not in targets[1]
         markdown = latest_artifact(client, "unlearning-report")
-        assert markdown.type == "markdown" and markdown.data.count("data:image/jpeg;base64,") == 4
+        assert markdown.type == "markdown" and markdown.data.count("data:image/jpeg;base64,") == 7
         assert latest_artifact(client, "evaluate-progress").data == 100.0
 
     sae_file = tmp_path / "run" / "sae" / HOOK / "sae.safetensors"
@@ -95,6 +101,37 @@ def test_pipeline_caches_and_reruns_only_downstream(fresh_pipeline_dir, tmp_path
     (tmp_path / "run" / "features" / f"{HOOK}.zarr").rename(tmp_path / "moved.zarr")
     deleted = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3)}))
     assert states(deleted)["score"] == "Completed", "a deleted output is made again"
+
+
+def test_score_stage_twice_gives_identical_features_and_choices(fresh_pipeline_dir, tmp_path,
+                                                               prefect_api):
+    from flows.pipeline import pipeline
+
+    sweep = SweepConfig(top_n=[1, 2], multipliers=[-3.0, -30.0], own=3, others=3, num_steps=2,
+                        finalists=1, workers=2)
+    config = small(fresh_pipeline_dir, tmp_path / "run").model_copy(update={
+        "score": ScoreConfig(top_n=2, sweep=DomainSweeps(style=sweep, object=sweep))})
+    hooks = {"style": HOOK, "object": "up_blocks.0.attentions.0"}
+
+    def scored() -> dict:
+        return {d: read_features(str(tmp_path / "run" / "features" / f"{hook}.zarr"),
+                                 sae_fingerprint(tmp_path / "run" / "sae" / hook))
+                for d, hook in hooks.items()}
+
+    first = pipeline(config)
+    before = scored()
+    again = pipeline(config.model_copy(update={"force": ["score"]}))
+    assert states(again)["score"] == "Completed"
+    after = scored()
+    for domain in hooks:
+        (attrs_b, all_b, b), (attrs_a, all_a, a) = before[domain], after[domain]
+        assert attrs_a["sweep"] == attrs_b["sweep"] and attrs_b["sweep"], "the same choices"
+        np.testing.assert_array_equal(all_a, all_b)
+        b, a = b[domain], a[domain]
+        for field in ("mean", "score", "selected", "multiplier", "count"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+        assert a.gate == b.gate
+    assert again["summary"] == first["summary"]
 
 
 def _run(config_file: Path) -> list[str]:

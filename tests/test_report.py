@@ -1,11 +1,11 @@
-"""The report artifact keeps its pictures within what Prefect publishes."""
+"""The report: pictures within what Prefect publishes, tables a person reads."""
 
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from flows.evaluate import inline_image, report
+from saeuron.report import inline_image, report, summarise, table_rows
 
 
 def _rows(tmp_path, n=2):
@@ -31,4 +31,30 @@ def test_report_inlines_grids_within_the_budget(tmp_path):
     none = report(rows, [], tmp_path, inline=True, budget=100)
     assert "data:image" not in none and str(tmp_path / "report.md") in none
     linked = report(rows, [], tmp_path, inline=False)
-    assert "![t0](t0/grid.png)" in linked
+    assert "![t0 grid](t0/grid.png)" in linked
+
+
+def _target(name, ua_hits, n=33, fd=1.0):
+    counts = {"UA": [ua_hits, n], "IRA": [n, n], "CRA": [n, n], "kept": [n // 2, n],
+              "CRA_grid": [n, n]}
+    return {"target": name, "domain": "style", **{m: h / k for m, (h, k) in counts.items()},
+            "FD_own": fd, "FD_own_base": 2.0, "FD_rest": 0.5, "FD_rest_base": 0.4, "instead": {"none": ua_hits},
+            "counts": counts, "style_acc": 0.9, "object_acc": 0.9, "image": "x/grid.png"}
+
+
+def test_summary_gives_means_intervals_and_the_worst_targets():
+    rows = [_target("neon", 33), _target("sketch", 30, fd=9.0)]
+    line, = summarise(rows)
+    assert line["n"] == 2 and line["UA"] == round((1 + 30 / 33) / 2, 4)
+    low, high = map(float, line["UA_95"].split("-"))
+    assert low < line["UA"] <= high <= 1.0, "a 95% interval around the mean"
+    assert line["IRA_95"] == "1.000-1.000", "nothing varies where every picture passed"
+    assert line["worst_UA"].startswith("sketch") and line["worst_FD_own"] == "sketch 9.000"
+
+
+def test_target_table_puts_rounded_metrics_first_and_paths_last():
+    row, = table_rows([{**_target("sketch", 30), "UA": 0.09090909090909091}])
+    keys = list(row)
+    assert keys[:7] == ["target", "domain", "UA", "IRA", "CRA", "kept", "CRA_grid"]
+    assert keys[-1] == "image" and "counts" not in row
+    assert row["UA"] == 0.091 and row["instead"] == "none 30"

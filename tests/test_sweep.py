@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from saeuron.intervention import Edit
 from saeuron.minicanvas.data import ALL_STYLES, EVAL_SEED_BASE
+from saeuron.minicanvas.render import OBJECTS
 from saeuron.pipeline import load_pipeline
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.scoring import ConceptMeans, select_features
@@ -16,23 +17,30 @@ from saeuron.sweep import (VAL_SEED_BASE, SweepConfig, sweep_concept, sweep_set,
 HOOK = "up_blocks.1.attentions.1"
 
 
+def counted(ua: int, cra: int) -> dict[str, list[int]]:
+    """Counts of a judgement of 2 target and 2 other pictures: `ua` of the targets unlearned,
+    the others retained, `cra` of 4 right in the other domain."""
+    return {"UA": [ua, 2], "IRA": [2, 2], "CRA": [cra, 4], "kept": [2, 2], "CRA_grid": [cra, 4]}
+
+
 def test_validation_cells_hold_the_concept_and_a_fixed_sample_of_the_others():
     cfg = SweepConfig(n_seeds=2, own=11, others=7)
     val = validation_cells("object", ["star"], cfg)
-    assert len(val.prompts) == 2 * (11 + 7) and val.target.sum() == 2 * 11
-    assert all("star" in p for p, t in zip(val.prompts, val.target) if t)
-    assert not any("star" in p for p, t in zip(val.prompts, val.target) if not t)
+    target = val.objects == OBJECTS.index("star")
+    assert len(val.prompts) == 2 * (11 + 7) and target.sum() == 2 * 11
+    assert all("star" in p for p, t in zip(val.prompts, target) if t)
+    assert not any("star" in p for p, t in zip(val.prompts, target) if not t)
     assert set(val.seeds) == {VAL_SEED_BASE, VAL_SEED_BASE + 1}
     assert max(val.seeds) < EVAL_SEED_BASE, "validation never uses evaluation seeds"
     assert validation_cells("object", ["star"], cfg).prompts == val.prompts, "fixed sample"
     words = [p.split() for p in val.prompts]
-    assert all(ALL_STYLES[s] in w or ALL_STYLES[s] == "none" for s, w in zip(val.other_truth, words))
+    assert all(ALL_STYLES[s] in w or ALL_STYLES[s] == "none" for s, w in zip(val.styles, words))
     again = validation_cells("object", ["star"], cfg.model_copy(update={"finalist_seeds": 3}),
                              finalists=True)
     assert set(again.seeds) == {VAL_SEED_BASE + 2, VAL_SEED_BASE + 3, VAL_SEED_BASE + 4}
     assert again.prompts == val.prompts[:18] * 3, "the same cells, on further seeds"
     style = validation_cells("style", ["neon"], SweepConfig(own=4, others=5))
-    assert style.target.sum() == 4 and len(style.prompts) == 9
+    assert (style.styles == ALL_STYLES.index("neon")).sum() == 4 and len(style.prompts) == 9
 
 
 def test_sweep_config_refuses_non_removing_multipliers():
@@ -76,9 +84,9 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
     best = max(r["objective"] for r in rows)
     assert any(r["objective"] == best and (r["top_n"], r["multiplier"]) == (n, gamma) for r in rows)
 
-    with_cra = cfg.model_copy(update={"objective": "ua_ira_cra"})
+    with_cra = cfg.model_copy(update={"objective": ["UA", "IRA", "CRA_grid"]})
     _, _, _, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, with_cra)
-    assert all(r["objective"] == pytest.approx((r["UA"] + r["IRA"] + r["CRA"]) / 3, abs=1e-4)
+    assert all(r["objective"] == pytest.approx((r["UA"] + r["IRA"] + r["CRA_grid"]) / 3, abs=1e-4)
                for r in rows)
 
 
@@ -114,17 +122,16 @@ def test_the_sweep_stops_once_its_choice_is_known_and_chooses_as_the_full_sweep(
     import saeuron.sweep as sweep
 
     cfg = SweepConfig(top_n=[1, 3], multipliers=[-3.0, -10.0], own=2, others=2, finalists=2,
-                      finalist_seeds=1, objective="ua_ira_cra", fallback_gate=None,
+                      finalist_seeds=1, objective=["UA", "IRA", "CRA_grid"], fallback_gate=None,
                       reuse_unedited=False)  # the fake edits have no detector to reuse by
     calls = []
 
-    def judge(pipe, judge, sae, hook, domain, edit, val, cfg):
+    def judge(pipe, judge, sae, hook, domain, concepts, edit, val, cfg):
         later = val.seeds[0] > VAL_SEED_BASE
         calls.append((edit, later))
         right = edit in first_perfect and not (later and edit in finalist_fails)
         score = sum(edit) % 2  # imperfect candidates differ, so the choice is not a tie
-        return sweep._metrics({"UA": 2 if right else 1 - score, "IRA": 2,
-                               "CRA": 4 if right else 3}, 2, 2, cfg)
+        return sweep._metrics(counted(2 if right else 1 - score, 4 if right else 3), cfg)
 
     monkeypatch.setattr(sweep, "judge_candidate", judge)
     edits = lambda n, gamma, gate: (n, gamma)  # noqa: E731 (the fake judge reads the candidate)
@@ -149,10 +156,9 @@ def test_the_stronger_preference_judges_the_strongest_first_and_keeps_it_on_ties
     assert cfg.candidates() == [(3, -10.0), (3, -3.0), (1, -10.0), (1, -3.0)]
     calls = []
 
-    def judge(pipe, judge, sae, hook, domain, edit, val, cfg):  # all perfect but the weakest
-        calls.append(edit)
-        return sweep._metrics({"UA": 1 if edit == (1, -3.0) else 2, "IRA": 2, "CRA": 4}, 2, 2,
-                              cfg)
+    def judge(pipe, judge, sae, hook, domain, concepts, edit, val, cfg):  # all but the weakest
+        calls.append(edit)                                                 # are perfect
+        return sweep._metrics(counted(1 if edit == (1, -3.0) else 2, 4), cfg)
 
     monkeypatch.setattr(sweep, "judge_candidate", judge)
     edits = lambda n, gamma, gate: (n, gamma)  # noqa: E731 (the fake judge reads the candidate)
@@ -176,9 +182,10 @@ def test_exclusive_selection_keeps_only_features_the_concept_leads():
 
 def test_a_set_has_its_own_validation_cells_and_scale_sweep(fresh_pipeline_dir, judge):
     val = validation_cells("style", ["neon", "pop"], SweepConfig(own=10, others=4))
-    assert val.target.sum() == 10 and len(val.prompts) == 14
-    assert all(("neon" in p) or ("pop" in p) for p, t in zip(val.prompts, val.target) if t)
-    assert not any(("neon" in p) or ("pop" in p) for p, t in zip(val.prompts, val.target) if not t)
+    target = np.isin(val.styles, [ALL_STYLES.index("neon"), ALL_STYLES.index("pop")])
+    assert target.sum() == 10 and len(val.prompts) == 14
+    assert all(("neon" in p) or ("pop" in p) for p, t in zip(val.prompts, target) if t)
+    assert not any(("neon" in p) or ("pop" in p) for p, t in zip(val.prompts, target) if not t)
 
     pipe = load_pipeline(fresh_pipeline_dir)
     torch.manual_seed(0)

@@ -4,14 +4,14 @@ import pytest
 from saeuron.minicanvas.data import ALL_STYLES
 from saeuron.minicanvas.evaluate import GridResult
 from saeuron.minicanvas.render import OBJECTS
-from saeuron.unlearning import unlearning_metrics
+from saeuron.metrics import unlearning_metrics
 
 
-def judged(style_pred, object_pred) -> GridResult:
+def judged(style_pred, object_pred):
     shape = style_pred.shape
     return GridResult(images=np.zeros(shape + (1, 1, 3), np.uint8),
                       style_ok=np.zeros(shape, bool), object_ok=np.zeros(shape, bool),
-                      style_pred=style_pred, object_pred=object_pred)
+                      style_pred=style_pred, object_pred=object_pred).judged()
 
 
 def perfect(seeds=2):
@@ -22,7 +22,7 @@ def perfect(seeds=2):
 
 def test_a_model_that_forgot_nothing_has_ua_zero_and_full_retention():
     m = unlearning_metrics(judged(*perfect()), "style", ["sunset"])
-    assert m == {"UA": 0.0, "IRA": 1.0, "CRA": 1.0, "CRA_grid": 1.0}
+    assert m == {"UA": 0.0, "IRA": 1.0, "CRA": 1.0, "kept": 1.0, "CRA_grid": 1.0}
 
 
 def test_erasing_a_style_to_another_counts_as_unlearned_and_retained():
@@ -38,6 +38,7 @@ def test_erasing_a_style_to_another_counts_as_unlearned_and_retained():
     assert m["UA"] == 1.0
     assert m["IRA"] == pytest.approx(1 - 5 / (n_seeds * n_other * len(OBJECTS)))
     assert m["CRA"] == pytest.approx(1 - 1 / (n_seeds * len(OBJECTS))), "the unstyled row only"
+    assert m["kept"] == pytest.approx(1 - n_seeds / (n_seeds * len(OBJECTS))), "ocean's own row"
     broken = n_seeds + 1  # column 1 in each seed (column 0 predicted as 0 is right), + unstyled
     assert m["CRA_grid"] == pytest.approx(1 - broken / styles.size)
 

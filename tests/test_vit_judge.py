@@ -142,7 +142,8 @@ def test_bad_classifiers_say_what_is_wrong(classifiers, tmp_path):
 def test_the_judge_judges_a_stable_diffusion_grid_and_its_metrics(classifiers, tiny_sd_dir):
     from saeuron.pipeline import load_pipeline
     from saeuron.sae import SAEConfig, SparseAutoencoder
-    from saeuron.unlearning import unlearned_grid, unlearning_metrics
+    from saeuron.metrics import unlearning_metrics
+    from saeuron.unlearning import unlearned_grid
 
     root, _, _ = classifiers
     judge = ViTJudge(ViTJudgeConfig(style=str(root / "style.safetensors"),
@@ -163,8 +164,10 @@ def test_the_judge_judges_a_stable_diffusion_grid_and_its_metrics(classifiers, t
     want = [result.objects.index(judge.object_labels[i]) if judge.object_labels[i] in
             result.objects else -1 for i in obj]
     np.testing.assert_array_equal(result.object_pred.ravel(), want)
-    metrics = unlearning_metrics(result, "style", ["Monet"])
-    assert set(metrics) == {"UA", "IRA", "CRA", "CRA_grid"}
+    metrics = unlearning_metrics(result.judged(), "style", ["Monet"])
+    assert set(metrics) == {"UA", "IRA", "CRA", "kept", "CRA_grid"}
+    assert metrics["kept"] == result.object_ok[:, 0].mean(), "objects of Monet's own row"
+    assert result.features.shape[:3] == (2, 3, 2), "the judge's features of every picture"
     assert metrics["CRA_grid"] == result.object_accuracy
     assert metrics["CRA"] == result.object_ok[:, -1].mean(), "objects of the unstyled row"
     with pytest.raises(ValueError, match="cannot name the unlearncanvas grid's style.*Techno"):
@@ -202,7 +205,7 @@ def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_
     rows = {name: json.loads((tmp_path / "eval" / name / "metrics.json").read_text())["row"]
             for name in ("baseline", "Monet", "Cubism", "Cats", "Dogs")}
     assert all(0 <= rows[n][m] <= 1 for n in ("Monet", "Cats") for m in ("UA", "IRA", "CRA"))
-    assert [s["domain"] for s in manifest["metrics"]["summary"]] == ["style", "object"]
+    assert [s["targets"] for s in manifest["metrics"]["summary"]] == ["style", "object"]
     assert "| Monet |" in (tmp_path / "eval" / "report.md").read_text()
 
 

@@ -51,14 +51,19 @@ class Judge(nn.Module):
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """(style index, object index) per uint8 image of shape (N, H, W, 3)."""
+        features = torch.from_numpy(self.embed(images, batch_size))
+        return (self.style_head(features).argmax(1).numpy(),
+                self.object_head(features).argmax(1).numpy())
+
+    @torch.no_grad()
+    def embed(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """float (N, 4 * width): the pooled features both heads read, per uint8 image."""
         self.eval()
-        styles, objects = [], []
+        out = [np.zeros((0, self.style_head.in_features), np.float32)]
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float() / 255
-            s, o = self(x)
-            styles.append(s.argmax(1).numpy())
-            objects.append(o.argmax(1).numpy())
-        return np.concatenate(styles), np.concatenate(objects)
+            out.append(self.features(x * 2 - 1).numpy())
+        return np.concatenate(out)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

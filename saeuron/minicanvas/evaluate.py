@@ -9,9 +9,10 @@ from typing import Callable, Protocol
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from saeuron.grid import NO_STYLE, ConceptGrid, minicanvas_grid
+from saeuron.metrics import Judged
 from saeuron.minicanvas.data import ALL_STYLES, EVAL_SEED_BASE
 from saeuron.minicanvas.render import OBJECTS
 from saeuron.pipeline import Pipeline
@@ -35,6 +36,11 @@ class GridJudge(Protocol):
         """(style index, object index) per uint8 image of shape (N, H, W, 3)."""
         ...
 
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """float (N, d): the features the classifier's heads read, per uint8 image: the fixed
+        space of the Frechet distances (saeuron.metrics)."""
+        ...
+
 
 @dataclass
 class GridResult:
@@ -53,6 +59,18 @@ class GridResult:
     """The style of each row, 'none' (unstyled) last."""
     objects: tuple[str, ...] = OBJECTS
     """The object of each column."""
+    features: np.ndarray | None = None
+    """float (seeds, styles, objects, d): the judge's features of each picture (embed)."""
+
+    def judged(self) -> Judged:
+        """The pictures one by one (seed, then style, then object), for saeuron.metrics."""
+        shape = self.style_pred.shape
+        return Judged(
+            style_true=np.broadcast_to(np.arange(shape[1])[None, :, None], shape).ravel(),
+            object_true=np.broadcast_to(np.arange(shape[2])[None, None, :], shape).ravel(),
+            style_pred=self.style_pred.ravel(), object_pred=self.object_pred.ravel(),
+            styles=tuple(self.styles), objects=tuple(self.objects),
+            features=None if self.features is None else self.features.reshape(-1, self.features.shape[-1]))
 
     @property
     def style_accuracy(self) -> float:
@@ -128,7 +146,9 @@ def judge_grid(judge: GridJudge, images: np.ndarray, table: pd.DataFrame, grid: 
     style_true = np.array([styles.index(s) for s in table["style"]])
     object_true = np.array([objects.index(o) for o in table["object"]])
     shape = (n_seeds, len(styles), len(objects))
+    features = judge.embed(images)
     return GridResult(images=images.reshape(shape + images.shape[1:]),
+                      features=features.reshape(shape + features.shape[1:]),
                       style_ok=(style_pred == style_true).reshape(shape),
                       object_ok=(object_pred == object_true).reshape(shape),
                       style_pred=style_pred.reshape(shape), object_pred=object_pred.reshape(shape),
@@ -136,27 +156,62 @@ def judge_grid(judge: GridJudge, images: np.ndarray, table: pd.DataFrame, grid: 
 
 
 def grid_picture(images: np.ndarray, path: str | Path, scale: int = 3, gap: int = 2,
-                 thumb: int = 96) -> Path:
-    """Write a (rows, cols, H, W, 3) image array as one PNG: rows = styles, columns = objects.
+                 thumb: int = 96, rows: tuple[str, ...] | None = None,
+                 columns: tuple[str, ...] | None = None) -> Path:
+    """Write a (rows, cols, H, W, 3) image array as one PNG (rows: styles, columns: objects),
+    with `rows` names down the left side and `columns` names across the top when given.
 
     Pictures larger than `thumb` pixels are shrunk to it and not enlarged (61 x 20 Stable
     Diffusion images would make a 380-megapixel file); smaller ones are enlarged `scale` times.
     """
-    rows, cols, h, w, _ = images.shape
+    n_rows, n_cols, h, w, _ = images.shape
     if max(h, w) > thumb:
         small = [np.asarray(Image.fromarray(im).resize((thumb * w // max(h, w), thumb * h // max(h, w)),
                                                       Image.Resampling.BOX))
                  for im in images.reshape((-1,) + images.shape[2:])]
-        images, scale = np.stack(small).reshape((rows, cols) + small[0].shape), 1
+        images, scale = np.stack(small).reshape((n_rows, n_cols) + small[0].shape), 1
         h, w = images.shape[2:4]
-    canvas = np.full((rows * (h + gap) + gap, cols * (w + gap) + gap, 3), 255, np.uint8)
-    for r in range(rows):
-        for c in range(cols):
+    canvas = np.full((n_rows * (h + gap) + gap, n_cols * (w + gap) + gap, 3), 255, np.uint8)
+    for r in range(n_rows):
+        for c in range(n_cols):
             y, x = gap + r * (h + gap), gap + c * (w + gap)
             canvas[y:y + h, x:x + w] = images[r, c]
     picture = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale),
                                              Image.Resampling.NEAREST)
+    if rows is not None or columns is not None:
+        picture = _labelled(picture, rows or (), columns or (), (h + gap) * scale,
+                            (w + gap) * scale, gap * scale, text_size=11 * scale)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
     return path
+
+
+def _labelled(picture: Image.Image, rows: tuple[str, ...], columns: tuple[str, ...],
+              row_step: int, col_step: int, offset: int, text_size: int) -> Image.Image:
+    """The picture with row names on a margin at its left and column names above it (turned
+    upright where a name is wider than its column)."""
+    font = ImageFont.load_default(size=text_size)
+    measure = ImageDraw.Draw(picture)
+    size = lambda text: measure.textbbox((0, 0), text, font=font)[2:]  # noqa: E731
+    upright = any(size(t)[0] > col_step - 2 for t in columns)
+    left = max((size(t)[0] for t in rows), default=0) + text_size // 2 if rows else 0
+    top = (max((size(t)[0 if upright else 1] for t in columns), default=0) + text_size // 2
+           if columns else 0)
+    out = Image.new("RGB", (picture.width + left, picture.height + top), "white")
+    out.paste(picture, (left, top))
+    draw = ImageDraw.Draw(out)
+    for i, text in enumerate(rows):
+        draw.text((2, top + offset + i * row_step + (row_step - size(text)[1]) // 2), text,
+                  fill="black", font=font)
+    for j, text in enumerate(columns):
+        w, h = size(text)
+        x = left + offset + j * col_step
+        if upright:
+            label = Image.new("RGB", (w, h + 2), "white")
+            ImageDraw.Draw(label).text((0, 0), text, fill="black", font=font)
+            label = label.rotate(90, expand=True)
+            out.paste(label, (x + (col_step - label.width) // 2, top - label.height - 2))
+        else:
+            draw.text((x + (col_step - w) // 2, 2), text, fill="black", font=font)
+    return out
