@@ -18,7 +18,15 @@ REPORT_BUDGET = 1_200_000
 JPEG_QUALITIES = (80, 65, 50, 35)
 SHOWN = METRICS + ("FD_own", "FD_rest")
 """The figures of the summary, in order."""
+BASES = ("FD_own_base", "FD_rest_base")
+"""The unedited pictures' distances, shown beside FD_own and FD_rest."""
 LOWER_IS_BETTER = set(DISTANCES)
+COLUMNS = ("target", "domain") + METRICS + DISTANCES + ("instead", "scale", "style_acc",
+                                                        "object_acc", "image", "before_after")
+"""The per-target table's columns, in order: metrics first, paths last."""
+REPORT_COLUMNS = ("target",) + METRICS + ("FD_own", "FD_own_base", "FD_rest")
+"""The report's per-target table (narrower: what each target's pictures were judged as follows
+in its own section)."""
 
 EXPLAINED = """\
 - **UA**: share of the targets' pictures not judged as the target; **IRA**: the domain's accuracy
@@ -47,42 +55,49 @@ def summarise(rows: list[dict]) -> list[dict]:
         if not mine:
             continue
         line = {"targets": domain + (" sets" if multi else ""), "n": len(mine)}
-        for m in SHOWN:
+        for m in SHOWN + BASES:
             line[m] = round(float(np.nanmean([r[m] for r in mine])), 4)
             if m in METRICS:
                 low, high = interval([r["counts"][m] for r in mine])
-                line[f"{m}_95"] = f"{low:.3f}-{high:.3f}"
+                line[f"{m}_95"] = f"{low:.2f}-{high:.2f}"
         for m in SHOWN:
             known = [r for r in mine if r[m] == r[m]] or mine  # NaN: not measurable
             worst = (max if m in LOWER_IS_BETTER else min)(known, key=lambda r: r[m])
-            line[f"worst_{m}"] = f"{worst['target']} {worst[m]:.3f}"
+            line[f"worst_{m}"] = f"{worst['target']} {worst[m]:.3f}" if len(mine) > 1 else "-"
+            if m == "kept":
+                line["worst_kept_instead"] = (f"{worst['target']}: "
+                                              f"{describe(worst['instead'], top=2)}")
         out.append(line)
     return out
 
 
 def summary_table(summary: list[dict]) -> list[str]:
-    """The summary as markdown lines: means with their intervals, then each worst target."""
-    lines = ["| targets | n | " + " | ".join(SHOWN) + " |", "|---|---|" + "---|" * len(SHOWN)]
-    for s in summary:
-        cells = [f"{s[m]:.3f} ({s[m + '_95']})" if m in METRICS else f"{s[m]:.2f}" for m in SHOWN]
-        lines.append(f"| {s['targets']} | {s['n']} | " + " | ".join(cells) + " |")
-    lines += ["", "| worst | " + " | ".join(SHOWN) + " |", "|---|" + "---|" * len(SHOWN)]
-    lines += [f"| {s['targets']} | " + " | ".join(s[f"worst_{m}"] for m in SHOWN) + " |"
-              for s in summary]
+    """The summary as one markdown table, a column per group of targets (it fits a screen):
+    each figure's mean with its interval, then each figure's worst target."""
+    lines = ["| | " + " | ".join(f"{s['targets']} ({s['n']})" for s in summary) + " |",
+             "|---|" + "---|" * len(summary)]
+    for m in SHOWN:
+        cells = [f"{s[m]:.3f} ({s[m + '_95']})" if m in METRICS
+                 else f"{s[m]:.1f} ({'before' if m == 'FD_own' else 'floor'} {s[m + '_base']:.1f})"
+                 for s in summary]
+        lines.append(f"| **{m}** | " + " | ".join(cells) + " |")
+    lines += [f"| worst {m} | " + " | ".join(s[f"worst_{m}"] for s in summary) + " |"
+              for m in SHOWN]
+    lines.append("| worst kept, judged as | " + " | ".join(s["worst_kept_instead"] for s in summary)
+                 + " |")
     return lines
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
     """Per-target rows for a table: metrics first, rounded to 3 places, paths last."""
-    order = ("target", "domain") + METRICS + DISTANCES + ("instead", "scale", "style_acc",
-                                                          "object_acc", "image", "before_after")
+    columns = [k for k in COLUMNS if any(k in r for r in rows)]
     out = []
     for r in rows:
-        shown = {k: r[k] for k in order if k in r}
+        shown = {k: r.get(k) for k in columns}  # the same keys in every row: the UI's columns
         for k, v in shown.items():
             if isinstance(v, float):
                 shown[k] = round(v, 3) if v == v else None  # NaN: not measurable
-        if "instead" in shown:
+        if shown.get("instead") is not None:
             shown["instead"] = describe(shown["instead"])
         out.append(shown)
     return out
@@ -91,23 +106,27 @@ def table_rows(rows: list[dict]) -> list[dict]:
 def report(rows: list[dict], summary: list[dict], out_dir: Path, inline: bool,
            budget: int = REPORT_BUDGET) -> str:
     """The markdown report; `inline` embeds the pictures as data URIs (the Prefect UI cannot
-    reach files) at the best JPEG quality whose total fits `budget`, or leaves them out if none
-    does; otherwise it links them by path relative to `out_dir` (report.md on disk)."""
+    reach files) at the best JPEG quality whose total fits `budget`: every before / after
+    picture and grid, or the before / after pictures only, or none; otherwise it links them by
+    path relative to `out_dir` (report.md on disk)."""
     lines = ["# Unlearning report", "", EXPLAINED, *summary_table(summary), ""]
     table = table_rows(rows)
-    columns = [k for k in table[0] if k not in ("image", "before_after")] if table else []
-    for t in table[1:]:
-        columns += [k for k in t if k not in columns and k not in ("image", "before_after")]
+    columns = [k for k in REPORT_COLUMNS if any(t.get(k) is not None for t in table)]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(t.get(k, "-")) for k in columns) + " |" for t in table]
+    lines += ["| " + " | ".join("-" if t.get(k) is None else str(t[k]) for k in columns) + " |"
+              for t in table]
     lines.append("")
-    pictures = [(r["target"], kind, Path(r[key])) for r in rows
-                for kind, key in (("before / after", "before_after"), ("grid", "image")) if key in r]
+    kinds = (("before / after", "before_after"), ("grid", "image"))
+    pictures = [(r["target"], kind, Path(r[key])) for r in rows for kind, key in kinds if key in r]
     uris = inline_images([p for _, _, p in pictures], budget) if inline else None
-    if inline and uris is None:
-        lines += [f"The {len(pictures)} pictures do not fit an artifact; they are linked from "
-                  f"{out_dir / 'report.md'}.", ""]
-        return "\n".join(lines)
+    if inline and uris is None:  # the before / after pictures only, the grids linked
+        pictures = [p for p in pictures if p[1] == kinds[0][0]]
+        uris = inline_images([p for _, _, p in pictures], budget) if pictures else None
+        lines += [f"The full grids are linked from {out_dir / 'report.md'}"
+                  + (" (all pictures together do not fit an artifact)." if uris else
+                     "; no picture fits an artifact."), ""]
+        if uris is None:
+            return "\n".join(lines)
     by_target: dict[str, list[str]] = {}
     for i, (target, kind, path) in enumerate(pictures):
         image = (f'<img alt="{target} {kind}" width="{Image.open(path).width}" src="{uris[i]}">'

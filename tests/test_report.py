@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from saeuron.report import inline_image, report, summarise, table_rows
+from saeuron.report import inline_image, report, summarise, summary_table, table_rows
 
 
 def _rows(tmp_path, n=2):
@@ -30,6 +30,13 @@ def test_report_inlines_grids_within_the_budget(tmp_path):
     assert len(tight) < len(roomy)
     none = report(rows, [], tmp_path, inline=True, budget=100)
     assert "data:image" not in none and str(tmp_path / "report.md") in none
+    for r in rows:
+        r["before_after"] = str(Path(r["image"]).with_name("before_after.png"))
+        Image.open(r["image"]).crop((0, 0, 288, 96)).save(r["before_after"])
+    small = sum(len(inline_image(Path(r["before_after"]))) for r in rows)
+    strips = report(rows, [], tmp_path, inline=True, budget=small)
+    assert strips.count("data:image/jpeg;base64,") == 2 and 'alt="t0 before / after"' in strips, \
+        "the before / after pictures when the grids do not fit too"
     linked = report(rows, [], tmp_path, inline=False)
     assert "![t0 grid](t0/grid.png)" in linked
 
@@ -48,13 +55,17 @@ def test_summary_gives_means_intervals_and_the_worst_targets():
     assert line["n"] == 2 and line["UA"] == round((1 + 30 / 33) / 2, 4)
     low, high = map(float, line["UA_95"].split("-"))
     assert low < line["UA"] <= high <= 1.0, "a 95% interval around the mean"
-    assert line["IRA_95"] == "1.000-1.000", "nothing varies where every picture passed"
+    assert line["IRA_95"] == "1.00-1.00", "nothing varies where every picture passed"
     assert line["worst_UA"].startswith("sketch") and line["worst_FD_own"] == "sketch 9.000"
+    table = summary_table([line])
+    assert table[0] == "| | style (2) |" and any(t.startswith("| **kept** | 0.485 (") for t in table)
 
 
 def test_target_table_puts_rounded_metrics_first_and_paths_last():
-    row, = table_rows([{**_target("sketch", 30), "UA": 0.09090909090909091}])
+    baseline = {"target": "baseline", "domain": "-", "FD_rest": 1.4, "image": "b/grid.png"}
+    base, row = table_rows([baseline, {**_target("sketch", 30), "UA": 0.09090909090909091}])
     keys = list(row)
     assert keys[:7] == ["target", "domain", "UA", "IRA", "CRA", "kept", "CRA_grid"]
     assert keys[-1] == "image" and "counts" not in row
     assert row["UA"] == 0.091 and row["instead"] == "none 30"
+    assert list(base) == keys and base["UA"] is None, "every row has every column, for the UI"

@@ -207,3 +207,27 @@ def test_a_set_has_its_own_validation_cells_and_scale_sweep(fresh_pipeline_dir, 
     top = max(r["objective"] for r in rows)
     assert best == max(r["scale"] for r in rows if r["objective"] == top)
     assert rows[0]["concepts"] == "neon+pop"
+
+
+def test_the_sweep_counts_its_pictures_as_the_report_does(fresh_pipeline_dir, judge):
+    from saeuron.edited import sample_edited
+    from saeuron.metrics import Judged, unlearning_metrics
+    from saeuron.sweep import judge_candidate, sampling
+
+    pipe = load_pipeline(fresh_pipeline_dir)
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=8))
+    cfg = SweepConfig(own=3, others=8, num_steps=2, guidance=2.0, reuse_unedited=False)
+    val = validation_cells("style", ["neon"], cfg)
+    selected = np.zeros((1, 2, 128), bool)
+    selected[0, :, :4] = True
+    edit = Edit.for_concepts([999, 499], selected, np.ones((1, 2, 128)), [-10.0],
+                             np.zeros((2, 128)))
+    row = judge_candidate(pipe, judge, sae, HOOK, "style", ["neon"], edit, val, cfg)
+    images = sample_edited(pipe, HOOK, sae, edit, val.prompts, val.seeds, **sampling(cfg))
+    style, obj = judge.predict(images)
+    report = unlearning_metrics(Judged(val.styles, val.objects, style, obj, ALL_STYLES, OBJECTS),
+                                "style", ["neon"])
+    assert {m: row[m] for m in report if row[m] is not None} == {
+        m: round(v, 4) for m, v in report.items() if v == v}
+    assert row["images"] == len(val.prompts)
