@@ -77,7 +77,7 @@ def test_pipeline_caches_and_reruns_only_downstream(fresh_pipeline_dir, tmp_path
                    for r in targets[1:])
         assert list(targets[1])[:7] == ["target", "domain", "UA", "IRA", "CRA", "kept",
                                         "CRA_grid"] and list(targets[1])[-1] == "before_after"
-        assert targets[-1]["scale"] in (1.0, 0.5) and "scale" not in targets[1]
+        assert targets[-1]["scale"] in (1.0, 0.5) and targets[1]["scale"] is None
         markdown = latest_artifact(client, "unlearning-report")
         assert markdown.type == "markdown" and markdown.data.count("data:image/jpeg;base64,") == 7
         assert latest_artifact(client, "evaluate-progress").data == 100.0

@@ -1,0 +1,81 @@
+"""Which form of the SAE edit removes a style and keeps the picture (issue 16's first probe).
+
+For each style target of a finished run, edits of its concept's features are compared on the
+full grid at validation seeds (never the evaluation seeds): the run's chosen edit (n, gamma);
+zero ablation (a selected latent above its gate set to 0, gamma 0) at the chosen n and at
+larger n; and the paper's gamma -1. Every candidate is judged with saeuron.metrics (UA, IRA,
+own content kept, CRA_grid, FD_own against the unstyled row, what the pictures were judged as).
+Only the pictures an edit touches are sampled (saeuron.edited).
+
+    .venv/bin/python bench/edit_forms.py --root runs/default --styles sketch pastel forest
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from saeuron.metrics import assess, describe
+from saeuron.minicanvas import JUDGE_DIR
+from saeuron.minicanvas.classifier import Judge
+from saeuron.pipeline import load_pipeline
+from saeuron.run import PipelineConfig
+from saeuron.sae import SparseAutoencoder
+from saeuron.scoring import select_features
+from saeuron.sweep import VAL_SEED_BASE
+from saeuron.unlearning import concept_edit, reference_features, unedited_grid, unlearned_grid
+from storage.features import read_features, sae_fingerprint
+from storage.run import RunLayout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", default="runs/default")
+    parser.add_argument("--styles", nargs="*", default=["sketch", "pastel", "forest", "ember"])
+    parser.add_argument("--seeds", type=int, default=2, help="validation seeds, from 500,100")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[20, 40],
+                        help="larger n tried with zero ablation")
+    args = parser.parse_args()
+    config = PipelineConfig.from_yaml(f"{args.root}/config.yaml")
+    layout = RunLayout(root=args.root, stores=config.run.stores)
+    ev, hook = config.evaluate, config.score.hooks.style
+    folder = layout.sae_dir / hook
+    sae = SparseAutoencoder.load(folder)
+    _, mean_all, domains = read_features(layout.features(hook), sae_fingerprint(folder))
+    style = domains["style"]
+    pipe, judge = load_pipeline(config.harvest.model_path()), Judge.load(JUDGE_DIR)
+    seeds = tuple(VAL_SEED_BASE + 100 + i for i in range(args.seeds))
+    sampling = dict(num_steps=ev.num_steps, guidance=ev.guidance)
+    base, unedited = unedited_grid([pipe], judge, {hook: sae}, seeds, **sampling)
+    grid = ev.concept_grid()
+    base_features, reference = base.judged().features, reference_features(judge, grid, seeds, base)
+    top2 = np.sort(style.mean, axis=0)[-2:]
+    eligible = (style.mean == top2[1][None]) & (style.mean > top2[0][None])
+    print("| style | edit | UA | IRA | kept | CRA_grid | FD_own (before) | judged instead |")
+    print("|---|---|---|---|---|---|---|---|")
+    for concept in args.styles:
+        c = style.index(concept)
+        chosen_n = int(round(style.selected[c].sum(-1).mean()))
+        gamma = float(style.multiplier[c])
+
+        def selection(n: int) -> np.ndarray:
+            return select_features(style.score, top_n=n, eligible=eligible)[[c]]
+
+        candidates = [(f"chosen: n {chosen_n}, gamma {gamma:g}", None, None),
+                      (f"paper gamma -1, n {chosen_n}", -1.0, None)]
+        candidates += [(f"zero ablation, n {n}", 0.0, selection(n))
+                       for n in [chosen_n] + [n for n in args.sizes if n > chosen_n]]
+        for name, multiplier, selected in candidates:
+            edit = concept_edit(mean_all, domains, "style", [concept], multiplier=multiplier,
+                                selected=selected)
+            result = unlearned_grid(pipe, judge, sae, hook, edit, seeds, unedited=unedited,
+                                    **sampling)
+            got = assess(result.judged(), base_features, reference, "style", [concept])
+            print(f"| {concept} | {name} | {got['UA']:.3f} | {got['IRA']:.3f} | "
+                  f"{got['kept']:.3f} | {got['CRA_grid']:.3f} | {got['FD_own']:.0f} "
+                  f"({got['FD_own_base']:.0f}) | {describe(got['instead'], top=3)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
