@@ -3,7 +3,7 @@
 For each style target of a finished run, edits of its concept's features are compared on the
 full grid at validation seeds (never the evaluation seeds): the run's chosen edit (n, gamma);
 zero ablation (a selected latent above its gate set to 0, gamma 0) at the chosen n and at
-larger n; and the paper's gamma -1. Every candidate is judged with saeuron.metrics (UA, IRA,
+larger n, also with features other concepts lead (`--shared`); and the paper's gamma -1. Every candidate is judged with saeuron.metrics (UA, IRA,
 own content kept, CRA_grid, FD_own against the unstyled row, what the pictures were judged as).
 Only the pictures an edit touches are sampled (saeuron.edited).
 
@@ -36,6 +36,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="validation seeds, from 500,100")
     parser.add_argument("--sizes", type=int, nargs="*", default=[20, 40],
                         help="larger n tried with zero ablation")
+    parser.add_argument("--shared", type=int, nargs="*", default=[],
+                        help="n tried with zero ablation among all features, not only those "
+                        "the concept leads (exclusive selection off)")
+    parser.add_argument("--gate", choices=["detect", "mean", "others"], default=None,
+                        help="where the edits apply (default: each concept's stored gate; "
+                        "'mean', the paper's, edits every picture, with no detection)")
     args = parser.parse_args()
     config = PipelineConfig.from_yaml(f"{args.root}/config.yaml")
     layout = RunLayout(root=args.root, stores=config.run.stores)
@@ -59,16 +65,19 @@ def main() -> None:
         chosen_n = int(round(style.selected[c].sum(-1).mean()))
         gamma = float(style.multiplier[c])
 
-        def selection(n: int) -> np.ndarray:
-            return select_features(style.score, top_n=n, eligible=eligible)[[c]]
+        def selection(n: int, exclusive: bool = True) -> np.ndarray:
+            return select_features(style.score, top_n=n,
+                                   eligible=eligible if exclusive else None)[[c]]
 
         candidates = [(f"chosen: n {chosen_n}, gamma {gamma:g}", None, None),
                       (f"paper gamma -1, n {chosen_n}", -1.0, None)]
         candidates += [(f"zero ablation, n {n}", 0.0, selection(n))
                        for n in [chosen_n] + [n for n in args.sizes if n > chosen_n]]
+        candidates += [(f"zero ablation, n {n}, not exclusive", 0.0, selection(n, False))
+                       for n in args.shared]
         for name, multiplier, selected in candidates:
             edit = concept_edit(mean_all, domains, "style", [concept], multiplier=multiplier,
-                                selected=selected)
+                                selected=selected, gate=args.gate)
             result = unlearned_grid(pipe, judge, sae, hook, edit, seeds, unedited=unedited,
                                     **sampling)
             got = assess(result.judged(), base_features, reference, "style", [concept])
