@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--shared", type=int, nargs="*", default=[],
                         help="n tried with zero ablation among all features, not only those "
                         "the concept leads (exclusive selection off)")
+    parser.add_argument("--error-sign", type=int, choices=[1, 0, -1], default=1,
+                        help="0: the block outputs decode(z') alone, the SAE's error term "
+                        "dropped (adds a reconstruction-only row)")
     parser.add_argument("--gate", choices=["detect", "mean", "others"], default=None,
                         help="where the edits apply (default: each concept's stored gate; "
                         "'mean', the paper's, edits every picture, with no detection)")
@@ -69,17 +72,19 @@ def main() -> None:
             return select_features(style.score, top_n=n,
                                    eligible=eligible if exclusive else None)[[c]]
 
-        candidates = [(f"chosen: n {chosen_n}, gamma {gamma:g}", None, None),
+        candidates = [("reconstruction only, no edit", "none", None)] if args.error_sign != 1 else []
+        candidates += [(f"chosen: n {chosen_n}, gamma {gamma:g}", None, None),
                       (f"paper gamma -1, n {chosen_n}", -1.0, None)]
         candidates += [(f"zero ablation, n {n}", 0.0, selection(n))
                        for n in [chosen_n] + [n for n in args.sizes if n > chosen_n]]
         candidates += [(f"zero ablation, n {n}, not exclusive", 0.0, selection(n, False))
                        for n in args.shared]
         for name, multiplier, selected in candidates:
-            edit = concept_edit(mean_all, domains, "style", [concept], multiplier=multiplier,
-                                selected=selected, gate=args.gate)
+            edit = None if multiplier == "none" else concept_edit(
+                mean_all, domains, "style", [concept], multiplier=multiplier, selected=selected,
+                gate=args.gate)
             result = unlearned_grid(pipe, judge, sae, hook, edit, seeds, unedited=unedited,
-                                    **sampling)
+                                    error_sign=args.error_sign, **sampling)
             got = assess(result.judged(), base_features, reference, "style", [concept])
             print(f"| {concept} | {name} | {got['UA']:.3f} | {got['IRA']:.3f} | "
                   f"{got['kept']:.3f} | {got['CRA_grid']:.3f} | {got['FD_own']:.0f} "

@@ -181,8 +181,8 @@ class Unlearn:
 
     def __init__(self, unet: nn.Module, block: str, sae: SparseAutoencoder, edit: Edit | None,
                  error_sign: int = 1, record: bool = False):
-        if error_sign not in (1, -1):
-            raise ValueError(f"error_sign must be 1 or -1, got {error_sign}")
+        if error_sign not in (1, 0, -1):
+            raise ValueError(f"error_sign must be 1, 0 or -1, got {error_sign}")
         self.unet, self.sae, self.edit, self.error_sign = unet, sae, edit, error_sign
         self.module = resolve_blocks(unet, [block])[block]
         self.record = record
@@ -246,6 +246,8 @@ class Unlearn:
         new = self.sae.decode(edited, idx)
         if self.error_sign == 1:
             out = vectors + (new - recon)  # exactly x when nothing is edited (new - recon == 0)
+        elif self.error_sign == 0:
+            out = new  # the SAE's error term dropped: the block outputs decode(z') alone
         else:
             out = new + (recon - vectors)
         return out.to(x.dtype).reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()

@@ -146,8 +146,10 @@ class EvaluateConfig(Config):
                                  "edit touches; the others are the baseline's (the same "
                                  "pictures, sampled once). False: sample every picture for "
                                  "every target.")
-    error_sign: Literal[1, -1] = Field(1, description="1: x + decode(z') - decode(z) (correct); "
-                                       "-1: the public reference code's sign.")
+    error_sign: Literal[1, 0, -1] = Field(1, description="1: x + decode(z') - decode(z) "
+                                          "(correct); -1: the public reference code's sign; "
+                                          "0: decode(z') alone, the SAE's error term dropped "
+                                          "(a probe: every picture changes).")
     workers: int = Field(2, ge=1, le=64, description="Targets sampled at once (threads, each "
                          "with its own copy of the model).")
     threads: int = Field(1, ge=1, le=256, description="torch threads of the stage, shared by "

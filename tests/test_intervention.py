@@ -68,6 +68,21 @@ def test_the_rule_edits_selected_features_above_the_mean(pipe, sae):
     assert unlearn.edited_fraction[0] > 0
 
 
+def test_error_sign_zero_outputs_the_reconstruction_alone(pipe, sae):
+    first = schedule_timesteps(pipe, 4)[0]
+    with Capture(pipe.unet, [HOOK], timesteps=[first], cfg=False) as plain:
+        sample(pipe, PROMPTS[:1], SEEDS[:1], num_steps=4)
+    x = torch.from_numpy(plain.take()[1][HOOK][:, 0]).reshape(-1, sae.cfg.d_in)
+    with Unlearn(pipe.unet, HOOK, sae, None, error_sign=0), \
+            Capture(pipe.unet, [HOOK], timesteps=[first], cfg=False) as dropped:
+        sample(pipe, PROMPTS[:1], SEEDS[:1], num_steps=4)
+    got = torch.from_numpy(dropped.take()[1][HOOK][:, 0]).reshape(-1, sae.cfg.d_in)
+    with torch.no_grad():
+        torch.testing.assert_close(got, sae.decode(*sae.encode(x)), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="error_sign must be 1, 0 or -1"):
+        Unlearn(pipe.unet, HOOK, sae, None, error_sign=2)
+
+
 def test_the_detect_gate_edits_only_pictures_where_the_concept_was_detected(pipe, sae):
     """A detector that sees a concept in one picture at the first step edits that concept's
     feature there exactly as the rule says, spares the other picture and an undetected
