@@ -69,8 +69,7 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
                 hooks=sorted(set(hooks.values())), **common)).result())
         futures = {runner.submit(unlearn_target, parameters=dict(
             domain=domain, concepts=concepts, name=name, features_url=features[domain],
-            hook=hooks[domain], unedited=str(unedited) if config.reuse_unedited else None,
-            **common)): name
+            hook=hooks[domain], **common)): name
             for domain, concepts, name in targets if name not in rows}
         for future in as_completed(list(futures)):
             finished(futures[future], future.result())

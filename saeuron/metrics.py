@@ -80,9 +80,14 @@ def check_targets(labels: tuple[str, ...], domain: str, concepts: list[str]) -> 
     return [labels.index(c) for c in concepts]
 
 
+def target_mask(judged: Judged, domain: str, concepts: list[str]) -> np.ndarray:
+    """bool per picture: prompted with one of the target concepts (checked: check_targets)."""
+    return np.isin(judged.truth(domain), check_targets(judged.labels(domain), domain, concepts))
+
+
 def outcomes(judged: Judged, domain: str, concepts: list[str]) -> dict[str, np.ndarray]:
     """Per metric, the pass (True) or fail of each picture of its population."""
-    target = np.isin(judged.truth(domain), check_targets(judged.labels(domain), domain, concepts))
+    target = target_mask(judged, domain, concepts)
     correct = judged.pred(domain) == judged.truth(domain)
     other_correct = judged.pred(other(domain)) == judged.truth(other(domain))
     unstyled = judged.style_true == judged.styles.index(NO_STYLE)
@@ -116,7 +121,7 @@ def unlearning_metrics(judged: Judged, domain: str, concepts: list[str]) -> dict
 def judged_instead(judged: Judged, domain: str, concepts: list[str]) -> dict[str, int]:
     """What the targets' pictures were judged as in their domain, most frequent first
     ('?': a label outside the grid's)."""
-    target = np.isin(judged.truth(domain), check_targets(judged.labels(domain), domain, concepts))
+    target = target_mask(judged, domain, concepts)
     labels = judged.labels(domain)
     seen = Counter(labels[i] if i >= 0 else "?" for i in judged.pred(domain)[target])
     return dict(sorted(seen.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -165,7 +170,7 @@ def own_reference(judged: Judged, domain: str, concepts: list[str]) -> np.ndarra
     become: for styles the unstyled row (the same objects with the style left out of the
     prompt), for objects the other objects of the same rows (MiniCanvas has no prompt without
     an object)."""
-    target = np.isin(judged.truth(domain), check_targets(judged.labels(domain), domain, concepts))
+    target = target_mask(judged, domain, concepts)
     if domain == "style":
         return judged.style_true == judged.styles.index(NO_STYLE)
     return np.isin(judged.style_true, np.unique(judged.style_true[target])) & ~target
@@ -192,7 +197,7 @@ def distances(edited: Judged, base: np.ndarray, reference: np.ndarray, domain: s
     """
     if edited.features is None:
         raise ValueError("distances need the judge's features of the edited pictures")
-    target = np.isin(edited.truth(domain), check_targets(edited.labels(domain), domain, concepts))
+    target = target_mask(edited, domain, concepts)
     own = base[own_reference(edited, domain, concepts)]
 
     def fd(a: np.ndarray, b: np.ndarray) -> float:  # NaN where a grid is too small to tell

@@ -68,32 +68,32 @@ def unedited_target(config: EvaluateConfig, sae_dir: str, hooks: list[str], out_
 
 @task(name="unlearn-target", task_run_name="unlearn-{domain}-{name}")
 def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, hook: str,
-                   domain: str, concepts: list[str], name: str, out_dir: str,
-                   unedited: str | None = None) -> dict:
+                   domain: str, concepts: list[str], name: str, out_dir: str) -> dict:
     """Metrics of one target; writes its image grid. `features_url` and `hook`: the feature
-    store and block that remove the target's domain; `unedited`: the baseline's run, whose
-    pictures the target's edit does not touch are taken from it."""
+    store and block that remove the target's domain. The baseline's run (in out_dir) gives the
+    before pictures and, with config.reuse_unedited, every picture the edit does not touch."""
     logger = get_run_logger()
     folder = Path(sae_dir) / hook
     sae = SparseAutoencoder.load(folder, device=config.device)
     _, mean_all, domains = read_features(features_url, sae_fingerprint(folder))
     gate = config.set_gate if len(concepts) > 1 else None
     pipe = load_pipeline(HarvestConfig(model=config.model).model_path(), device=config.device)
-    scale = 1.0
+    judge, scale = config.judge(), 1.0
     if len(concepts) > 1 and config.set_scales != [1.0]:
-        scale, tried = sweep_set(pipe, config.judge(), sae, hook, domain, concepts,
+        scale, tried = sweep_set(pipe, judge, sae, hook, domain, concepts,
                                  lambda s: concept_edit(mean_all, domains, domain, concepts,
                                                         scale=s, gate=gate),
                                  config.set_scales, config.set_sweep)
         logger.info(f"{name}: set sweep {tried} -> scale {scale}")
     edit = concept_edit(mean_all, domains, domain, concepts, scale=scale, gate=gate)
-    result = unlearned_grid(pipe, config.judge(), sae, hook, edit, tuple(config.seeds()),
-                            error_sign=config.error_sign, grid=config.concept_grid(),
-                            unedited=Unedited.load(unedited) if unedited else None,
-                            **config.sampling())
     baseline = Path(out_dir) / "baseline"
+    unedited_run = Unedited.load(baseline / UNEDITED)
+    result = unlearned_grid(pipe, judge, sae, hook, edit, tuple(config.seeds()),
+                            error_sign=config.error_sign, grid=config.concept_grid(),
+                            unedited=unedited_run if config.reuse_unedited else None,
+                            **config.sampling())
     features = np.load(baseline / FEATURES)
-    before = Unedited.load(baseline / UNEDITED).images.reshape(result.images.shape)
+    before = unedited_run.images.reshape(result.images.shape)
     row = {**_row(name, result, out_dir), "domain": domain,
            **assess(result.judged(), features["base"], features["reference"], domain, concepts),
            "before_after": str(before_after(before, result, domain, concepts,

@@ -26,6 +26,12 @@ def fresh_pipeline_dir(tmp_path_factory: pytest.TempPathFactory):
     return path
 
 
+@pytest.fixture(scope="module")
+def pipe(fresh_pipeline_dir) -> Pipeline:
+    """The untrained MiniCanvas pipeline, loaded (hooks added by a test are removed by it)."""
+    return load_pipeline(fresh_pipeline_dir)
+
+
 @pytest.fixture(scope="session")
 def shipped_pipeline() -> Pipeline:
     return load_pipeline(MODEL_DIR)

@@ -6,7 +6,6 @@ import torch
 
 from saeuron.edited import Unedited, sample_edited, sample_unedited
 from saeuron.intervention import Detector, Edit, Unlearn, touched_pictures
-from saeuron.pipeline import load_pipeline
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.sampling import sample, schedule_timesteps
 
@@ -15,11 +14,6 @@ PROMPTS = ["a star in neon style", "a moon", "a ring in pop style", "a cross in 
            "a heart", "a square in sketch style"]
 SEEDS = [11, 12, 13, 14, 15, 16]
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def pipe(fresh_pipeline_dir):
-    return load_pipeline(fresh_pipeline_dir)
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,11 @@ import torch
 
 from saeuron.capture import Capture
 from saeuron.intervention import Detector, Edit, Unlearn, gate_thresholds
-from saeuron.pipeline import load_pipeline
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.sampling import sample, schedule_timesteps
 
 HOOK = "up_blocks.1.attentions.1"
 PROMPTS, SEEDS = ["a star in neon style", "a moon", "a ring in pop style"], [5, 6, 7]
-
-
-@pytest.fixture(scope="module")
-def pipe(fresh_pipeline_dir):
-    return load_pipeline(fresh_pipeline_dir)
 
 
 @pytest.fixture(scope="module")
