@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up the project's virtual environment and run its jobs. Needs only Python 3.11+.
 
-    python3 dev.py run     # set up, then run the whole pipeline on MiniCanvas (flows/pipeline.py)
+    python3 dev.py run     # set up, then run the whole pipeline on MiniCanvas (flows/launch.py)
     python3 dev.py test    # set up, then run the test suite
     python3 dev.py setup   # set up only
 
@@ -46,7 +46,7 @@ def setup() -> None:
 
 JOBS = {
     "setup": [],
-    "run": ["-m", "flows.pipeline", "--config", "configs/pipeline.yaml"],
+    "run": ["-m", "flows.launch", "--config", "configs/pipeline.yaml"],
     "test": ["-m", "pytest", "-q"],
 }
 

@@ -1,10 +1,14 @@
 """The pipeline flow: harvest -> train -> score -> evaluate as subflows, each cached.
 
     python -m flows.pipeline [--config configs/pipeline.yaml] [--root runs/default] [--force score]
+
+(its command line is flows.launch's, which answers a rerun in which nothing changed from the
+run's record without importing this module)
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -50,29 +54,22 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
             "report": stages["evaluate"]["metrics"]["report"], "seconds": round(time.time() - start, 1)}
 
 
-def print_summary(result: dict) -> None:
+def summary_text(result: dict) -> str:
     """The one-screen summary of a pipeline run."""
-    print("\n| stage | state | seconds when run |\n|---|---|---|")
-    for s in result["stages"]:
-        print(f"| {s['stage']} | {s['state']} | {s['seconds_when_run']} |")
-    print("\n" + "\n".join(summary_table(result["summary"])))
-    print(f"\nreport: {result['report']} (image grids beside it; also the 'unlearning-report' "
-          f"artifact in the Prefect UI)\npipeline wall time: {result['seconds']} s")
+    lines = ["", "| stage | state | seconds when run |", "|---|---|---|"]
+    lines += [f"| {s['stage']} | {s['state']} | {s['seconds_when_run']} |" for s in result["stages"]]
+    lines += ["", *summary_table(result["summary"]), "",
+              f"report: {result['report']} (image grids beside it; also the 'unlearning-report' "
+              f"artifact in the Prefect UI)", f"pipeline wall time: {result['seconds']} s"]
+    return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
+def run_command(args: argparse.Namespace) -> dict:
+    """The pipeline flow for flows.launch's parsed options; prints and returns its result, with
+    the printed summary as "text"."""
     from flows.cli import USER_ERRORS, fail, quiet_libraries
-    from saeuron.run import STAGES
 
     quiet_libraries()
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline.__doc__)
-    parser.add_argument("--config", help="YAML file of PipelineConfig options")
-    parser.add_argument("--root", help="local folder of the run (overrides run.root)")
-    parser.add_argument("--force", action="append", choices=STAGES, default=[],
-                        help="rerun this stage even if cached (repeatable)")
-    args = parser.parse_args(argv)
     try:
         config = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
         if args.root:
@@ -83,8 +80,12 @@ def main(argv: list[str] | None = None) -> None:
         result = pipeline(config)
     except USER_ERRORS as error:
         fail(error)
-    print_summary(result)
+    result["text"] = summary_text(result)
+    print(result["text"])
+    return result
 
 
 if __name__ == "__main__":
+    from flows.launch import main
+
     main()

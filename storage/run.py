@@ -6,6 +6,7 @@
       eval/<target>/              metrics.json and image grid per target; eval/report.md
       manifests/<stage>.json      written last, atomically: the stage is complete for its fingerprint
       manifests/<stage>.started   the fingerprint a stage was started with (removed once complete)
+      manifests/pipeline.json     the last pipeline command's inputs digest and result (replay)
     <stores>/                     <root> by default, or any fsspec URL (s3://..., memory://...)
       activations/<split>.zarr
       features/<hook>.zarr
@@ -29,6 +30,8 @@ from typing import Any
 import fsspec
 
 LIBRARIES = ("saeuron", "torch", "diffusers", "transformers", "zarr", "dask", "prefect")
+STAGES = ("harvest", "train", "score", "evaluate")
+DEFAULT_ROOT = "runs/default"
 
 
 def fingerprint(*parts: Any) -> str:
@@ -44,6 +47,38 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "-"
     return out
+
+
+def inputs_digest(command: Any, paths: list[Path]) -> str:
+    """A hash of everything a pipeline command's result can depend on, computed without
+    importing torch or starting Prefect: the command (its configuration file's text and
+    options), the bytes of every file under `paths` (the project's code and shipped weights;
+    size and modification time for files over 64 MB, such as a user's model), the library
+    versions and the CPU's flags (the precision "auto" resolves to depends on them)."""
+    h = hashlib.sha256(json.dumps([command, versions(), _cpu_flags()], sort_keys=True,
+                                  default=str).encode())
+    for root in paths:
+        files = sorted(p for p in Path(root).rglob("*") if p.is_file()
+                       and "__pycache__" not in p.parts) if Path(root).is_dir() else [Path(root)]
+        for file in files:
+            if not file.is_file():
+                continue
+            stat = file.stat()
+            h.update(f"{file}:{stat.st_size}".encode())
+            h.update(file.read_bytes() if stat.st_size <= 64 << 20 else str(stat.st_mtime_ns).encode())
+    return h.hexdigest()[:16]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor()
 
 
 @dataclass(frozen=True)
@@ -127,6 +162,32 @@ class RunLayout:
         os.replace(tmp, path)
         (Path(self.root) / "manifests" / f"{stage}.started").unlink(missing_ok=True)
         return manifest
+
+
+    def record_pipeline(self, digest: str, result: dict) -> None:
+        """Keep a finished pipeline command's result with its inputs digest (inputs_digest) and
+        the fingerprints its stages finished with, for `replay`."""
+        stages = {stage: self.read_manifest(stage)["fingerprint"] for stage in STAGES}
+        path = self.manifest_path("pipeline")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"digest": digest, "stages": stages, "result": result,
+                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                                  indent=2, default=str))
+        os.replace(tmp, path)
+
+    def replay(self, digest: str) -> dict | None:
+        """The recorded result of the last pipeline command, if its inputs digest is `digest`
+        and every stage is still complete with the fingerprint it finished with (outputs
+        there); None otherwise, or if the record cannot be read (then the pipeline runs)."""
+        try:
+            record = json.loads(self.manifest_path("pipeline").read_text())
+            if record["digest"] != digest:
+                return None
+            if all(self.complete(s, record["stages"][s]) for s in STAGES):
+                return record
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return None
 
 
 def exists(url: str) -> bool:

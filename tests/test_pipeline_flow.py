@@ -21,6 +21,7 @@ from saeuron.sweep import SweepConfig
 from saeuron.unlearning import EvaluateConfig
 from storage.activations import ActivationStore
 from storage.features import read_features, sae_fingerprint
+from storage.run import remove
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "up_blocks.1.attentions.1"
@@ -136,7 +137,7 @@ def test_score_stage_twice_gives_identical_features_and_choices(fresh_pipeline_d
 
 
 def _run(config_file: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.pipeline", "--config", str(config_file)]
+    return [sys.executable, "-m", "flows.launch", "--config", str(config_file)]
 
 
 def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:
@@ -158,6 +159,16 @@ def test_killed_pipeline_resumes_to_the_same_metrics(fresh_pipeline_dir, tmp_pat
         configs[name].write_text(small(fresh_pipeline_dir, tmp_path / name, n_seeds=8,
                                        epochs=8).to_yaml())
     subprocess.run(_run(configs["whole"]), cwd=ROOT, env=env, check=True, capture_output=True)
+    text = json.loads((tmp_path / "whole" / "manifests" / "pipeline.json").read_text())["result"]["text"]
+    again = subprocess.run(_run(configs["whole"]), cwd=ROOT, env=env, check=True,
+                           capture_output=True, text=True)
+    assert again.stdout.startswith("Nothing changed") and text in again.stdout, \
+        "a rerun with nothing changed replays the recorded result"
+    remove(str(tmp_path / "whole" / "features" / f"{HOOK}.zarr"))
+    third = subprocess.run(_run(configs["whole"]), cwd=ROOT, env=env, check=True,
+                           capture_output=True, text=True)
+    assert "Nothing changed" not in third.stdout and "| score | Completed |" in third.stdout, \
+        "a missing output is made again by the flow, never replayed"
 
     killed = tmp_path / "killed"
     store = killed / "activations" / "harvest.zarr"

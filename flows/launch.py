@@ -1,0 +1,80 @@
+"""The pipeline's command line: `python -m flows.launch` (what `python3 dev.py run` calls) takes
+the options of `python -m flows.pipeline` and, when nothing the result depends on changed since
+the last command on that root finished, prints that result again within a second or two,
+without importing torch or starting Prefect. Otherwise it runs the pipeline flow, whose stages
+are each cached as always, and records the result.
+
+    python -m flows.launch [--config configs/pipeline.yaml] [--root runs/x] [--force score]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from storage.run import DEFAULT_ROOT, STAGES, RunLayout, inputs_digest
+
+PROJECT = Path(__file__).resolve().parent.parent
+CODE = [PROJECT / package for package in ("flows", "tasks", "saeuron", "storage")]
+"""What a result depends on besides its configuration: the code and the shipped weights."""
+
+
+def parser() -> argparse.ArgumentParser:
+    out = argparse.ArgumentParser(prog="python -m flows.launch", description=__doc__.split("\n\n")[0])
+    out.add_argument("--config", help="YAML file of PipelineConfig options")
+    out.add_argument("--root", help="local folder of the run (overrides run.root)")
+    out.add_argument("--force", action="append", choices=STAGES, default=[],
+                     help="rerun this stage even if cached (repeatable)")
+    return out
+
+
+def _paths(data: Any) -> list[Path]:
+    """Existing files and folders named anywhere in a configuration (a model, a classifier)."""
+    if isinstance(data, dict):
+        return [p for v in data.values() for p in _paths(v)]
+    if isinstance(data, list):
+        return [p for v in data for p in _paths(v)]
+    return [Path(data)] if isinstance(data, str) and data and os.path.exists(data) else []
+
+
+def digest_and_root(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The inputs digest of a command (--force aside: a forced run records what an unforced
+    one would replay) and its run root; None where the configuration cannot be read here
+    (the pipeline then reports why)."""
+    text = Path(args.config).read_text() if args.config else ""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    root = args.root or (data.get("run") or {}).get("root") or DEFAULT_ROOT
+    named = [p for p in _paths(data) if p.resolve() != Path(root).resolve()]
+    command = {"config": text, "root": str(Path(root).resolve())}
+    return inputs_digest(command, CODE + named), root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.config and not Path(args.config).is_file():
+        raise SystemExit(f"error: --config {args.config}: no such file")
+    known = digest_and_root(args)
+    if known and not args.force and (record := RunLayout(root=known[1]).replay(known[0])):
+        print(f"Nothing changed since this command last finished on {known[1]} "
+              f"({record['finished']}): every stage is cached, so its result is shown again "
+              "without starting Prefect (--force STAGE reruns one).")
+        print(record["result"]["text"])
+        return
+    from flows.pipeline import run_command
+
+    result = run_command(args)
+    if known:
+        RunLayout(root=known[1]).record_pipeline(known[0], result)
+
+
+if __name__ == "__main__":
+    main()
