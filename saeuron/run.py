@@ -13,8 +13,8 @@ from saeuron.sae import SAEConfig
 from saeuron.sae_train import SAETrainConfig
 from saeuron.scoring import DOMAINS, ScoreConfig, default_sweeps
 from saeuron.unlearning import EvaluateConfig
+from storage.run import DEFAULT_ROOT
 
-STAGES = ("harvest", "train", "score", "evaluate")
 Stage = Literal["harvest", "train", "score", "evaluate"]
 UPSTREAM = {"harvest": (), "train": ("harvest",), "score": ("harvest", "train"),
             "evaluate": ("score",)}
@@ -22,7 +22,7 @@ UPSTREAM = {"harvest": (), "train": ("harvest",), "score": ("harvest", "train"),
 
 
 class RunConfig(Config):
-    root: str = Field("runs/default", description="Local folder of the run: SAEs, evaluation, "
+    root: str = Field(DEFAULT_ROOT, description="Local folder of the run: SAEs, evaluation, "
                       "manifests.")
     stores: str | None = Field(None, description="Folder or fsspec URL (s3://...) of the Zarr "
                                "activation and feature stores (default: the root).")
@@ -31,7 +31,26 @@ class RunConfig(Config):
     shards: int = Field(2, ge=1, le=4096, description="Harvest shards run in parallel.")
 
 
+PAPER_SCORE = {
+    "percentile": 99.999, "top_n": None, "multiplier": -1.0, "contrast": "mean", "gate": "mean",
+    "exclusive": False,
+    "sweep": {"style": None,
+              "object": {"top_n": [1], "multipliers": [-1, -5, -10, -15, -20, -25, -30],
+                         "objective": ["UA", "IRA"], "finalists": 0, "prefer": "weaker",
+                         "fallback_gate": None}}}
+"""The score options of `method: paper` (RECIPE.md sections 3-4): percentile selection
+against the mean of the other concepts, the mean gate, gamma -1 for styles, and for objects
+a grid search of gamma by (UA + IRA) / 2. The paper's percentiles (99.99-99.999) keep one
+feature per timestep of an SAE of 256-512 latents (np.percentile of n scores lies between the
+two largest for any p > 100 (1 - 1/n)), so its per-class search of p is the search of gamma at
+one feature."""
+
+
 class PipelineConfig(Config):
+    method: Literal["saeuron", "paper"] = Field(
+        "saeuron", description="Defaults of the score section: 'saeuron', this project's "
+        "measured best (BENCHMARKS.md); 'paper', the paper's recipe (saeuron.run.PAPER_SCORE). "
+        "Options set in the score section override either.")
     run: RunConfig = Field(default_factory=RunConfig, description="Where the run lives, where "
                            "it computes.")
     harvest: HarvestConfig = Field(default_factory=HarvestConfig, description="Harvest of the "
@@ -45,6 +64,17 @@ class PipelineConfig(Config):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,
                                      description="Unlearning targets and evaluation sampling.")
     force: list[Stage] = Field([], description="Stages to rerun even when cached.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: object) -> object:
+        if not isinstance(data, dict) or data.get("method") != "paper":
+            return data
+        given = data.get("score") or {}
+        if not isinstance(given, dict):
+            given = given.model_dump()
+        sweep = {**PAPER_SCORE["sweep"], **(given.get("sweep") or {})}
+        return {**data, "score": {**PAPER_SCORE, **given, "sweep": sweep}}
 
     @model_validator(mode="after")
     def _hooks_agree(self) -> "PipelineConfig":

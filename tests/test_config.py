@@ -19,3 +19,22 @@ def test_bad_values_are_named(tmp_path):
     text = str(err.value)
     assert "steps" in text and "greater than or equal to 1" in text
     assert "learning_rate" in text and "Extra inputs are not permitted" in text
+
+
+def test_method_paper_sets_the_papers_score_options_and_explicit_ones_win(tmp_path):
+    from saeuron.run import PipelineConfig
+
+    default = PipelineConfig().score
+    assert (default.contrast, default.gate, default.exclusive) == ("max", "detect", True)
+    path = tmp_path / "paper.yaml"
+    path.write_text("method: paper\nscore:\n  gate: detect\n  sweep:\n    style:\n      top_n: [1]\n")
+    config = PipelineConfig.from_yaml(path)
+    score = config.score
+    assert (score.percentile, score.top_n, score.multiplier) == (99.999, None, -1.0)
+    assert (score.contrast, score.exclusive) == ("mean", False)
+    assert score.gate == "detect", "an option set in the file overrides the preset"
+    assert score.sweep.style.top_n == [1]
+    assert score.sweep.object.multipliers == [-1, -5, -10, -15, -20, -25, -30]
+    assert score.sweep.object.objective == ["UA", "IRA"] and score.sweep.object.finalists == 0
+    assert PipelineConfig.model_validate(config.model_dump()).score == score, "round trip"
+    assert PipelineConfig.from_yaml(path).model_dump() == config.model_dump()
