@@ -11,7 +11,7 @@ from saeuron.grid import NO_STYLE
 from saeuron.harvest import HarvestConfig, prepare
 from saeuron.sae import SAEConfig
 from saeuron.sae_train import SAETrainConfig
-from saeuron.scoring import DOMAINS, ScoreConfig, default_sweeps
+from saeuron.scoring import DOMAINS, ScoreConfig
 from saeuron.unlearning import EvaluateConfig
 from storage.run import DEFAULT_ROOT
 
@@ -58,7 +58,7 @@ class PipelineConfig(Config):
     score_seeds: int = Field(1, ge=1, le=100_000, description="Seeds per prompt of the held-out "
                              "scoring split (harvested with the same options).")
     train: SAETrainConfig = Field(default_factory=SAETrainConfig, description="SAE training.")
-    score: ScoreConfig = Field(default_factory=lambda: ScoreConfig(sweep=default_sweeps()),
+    score: ScoreConfig = Field(default_factory=ScoreConfig,
                                description="Feature scoring and selection (by default with the "
                                "per-concept sweep of n and multiplier).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,

@@ -222,9 +222,10 @@ class ScoreConfig(Config):
     exclusive: bool = Field(True, description="Select a feature for a concept only where that "
                             "concept has its highest mean activation (an addition to the paper: "
                             "keeps features shared by all concepts out; see BENCHMARKS.md).")
-    sweep: DomainSweeps = Field(default_factory=DomainSweeps, description="Choose top_n and "
+    sweep: DomainSweeps = Field(default_factory=default_sweeps, description="Choose top_n and "
                                 "multiplier per concept on validation prompts (samples the "
-                                "model), per domain.")
+                                "model), per domain; {style: null, object: null}: no sweep, "
+                                "top_n and multiplier for all.")
 
     @model_validator(mode="after")
     def _one_selection(self) -> "ScoreConfig":

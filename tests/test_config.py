@@ -38,3 +38,15 @@ def test_method_paper_sets_the_papers_score_options_and_explicit_ones_win(tmp_pa
     assert score.sweep.object.objective == ["UA", "IRA"] and score.sweep.object.finalists == 0
     assert PipelineConfig.model_validate(config.model_dump()).score == score, "round trip"
     assert PipelineConfig.from_yaml(path).model_dump() == config.model_dump()
+
+
+def test_a_score_section_without_sweep_keeps_the_default_sweep(tmp_path):
+    from saeuron.run import PipelineConfig
+    from saeuron.scoring import default_sweeps
+
+    path = tmp_path / "c.yaml"
+    path.write_text("score:\n  gate: mean\n")
+    assert PipelineConfig.from_yaml(path).score.sweep == default_sweeps()
+    path.write_text("score:\n  sweep:\n    style: null\n    object: null\n")
+    sweep = PipelineConfig.from_yaml(path).score.sweep
+    assert sweep.style is None and sweep.object is None, "switched off only when asked"

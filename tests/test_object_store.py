@@ -13,7 +13,7 @@ from saeuron.harvest import HarvestConfig
 from saeuron.run import RunConfig
 from saeuron.sae import SparseAutoencoder
 from saeuron.sae_train import SAETrainConfig
-from saeuron.scoring import DomainHooks, ScoreConfig, concept_means
+from saeuron.scoring import DomainHooks, DomainSweeps, ScoreConfig, concept_means
 from storage.activations import ActivationStore
 from storage.features import read_features, sae_fingerprint
 
@@ -85,7 +85,8 @@ def test_stores_on_s3_with_dask_worker_processes(s3, fresh_pipeline_dir, tmp_pat
         harvested = harvest(config, run, score_seeds=1)
         trained = train(SAETrainConfig(hooks=[HOOK], expansion_factor=2, k=4, aux_k=8,
                                        batch_size=256, epochs=2, holdout=0.2, buffer_size=512), run)
-        scored = score(ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2), run)
+        scored = score(ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2,
+                                   sweep=DomainSweeps()), run)
         # Seconds of computation the workers reported, by task name: what ran on them.
         computed = client.run_on_scheduler(
             lambda dask_scheduler: {name.replace("-", "_"): p.all_durations.get("compute", 0.0)

@@ -36,7 +36,7 @@ def small(model_dir, root, n_seeds: int = 2, epochs: int = 2, **evaluate) -> Pip
         score_seeds=1,
         train=SAETrainConfig(expansion_factor=2, k=4, aux_k=8, batch_size=256, epochs=epochs,
                              holdout=0.2, buffer_size=512, checkpoint_every=3),
-        score=ScoreConfig(top_n=2),
+        score=ScoreConfig(top_n=2, sweep=DomainSweeps()),
         evaluate=EvaluateConfig(model=str(model_dir), **({"styles": ["sunset"], "objects": ["star"],
                                 "style_sets": [], "num_steps": 2, "guidance": 2.0, "n_seeds": 1}
                                                              | evaluate)))
@@ -89,19 +89,19 @@ def test_pipeline_caches_and_reruns_only_downstream(fresh_pipeline_dir, tmp_path
     assert states(again) == dict.fromkeys(("harvest", "train", "score", "evaluate"), "Cached")
     assert again["summary"] == first["summary"] and sae_file.stat().st_mtime_ns == stamp
 
-    rescored = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3)}))
+    rescored = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3, sweep=DomainSweeps())}))
     assert states(rescored) == {"harvest": "Cached", "train": "Cached", "score": "Completed",
                                 "evaluate": "Completed"}
     assert sae_file.stat().st_mtime_ns == stamp
 
     # A forced stage reruns; its inputs, hence what depends on them, are unchanged.
-    forced = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3), "force": ["train"]}))
+    forced = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3, sweep=DomainSweeps()), "force": ["train"]}))
     assert states(forced) == {"harvest": "Cached", "train": "Completed", "score": "Cached",
                               "evaluate": "Cached"}
     assert sae_file.stat().st_mtime_ns != stamp
 
     (tmp_path / "run" / "features" / f"{HOOK}.zarr").rename(tmp_path / "moved.zarr")
-    deleted = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3)}))
+    deleted = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3, sweep=DomainSweeps())}))
     assert states(deleted)["score"] == "Completed", "a deleted output is made again"
 
 

@@ -7,7 +7,7 @@ import xarray as xr
 
 from saeuron.run import RunConfig
 from saeuron.sae import SAEConfig, SparseAutoencoder
-from saeuron.scoring import DomainHooks, ScoreConfig
+from saeuron.scoring import DomainHooks, DomainSweeps, ScoreConfig
 from storage.features import read_features, sae_fingerprint
 from stores import HOOK, as_harvested, synthetic_store
 
@@ -22,7 +22,7 @@ def test_score_flow_writes_the_feature_store(tmp_path, prefect_api):
     SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=4, k=4)).save(tmp_path / "sae" / HOOK)
     layout.finish("train", "sae-0", {HOOK: str(tmp_path / "sae" / HOOK)}, {}, 0.0, upstream={})
     config = ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2, exclusive=False,
-                         detect_at=0.6, detect_start=800)
+                         detect_at=0.6, detect_start=800, sweep=DomainSweeps())
     manifest = score(config, RunConfig(root=str(tmp_path)))
     out = manifest["outputs"]["style"]
     assert out == manifest["outputs"]["object"] == str(tmp_path / "features" / f"{HOOK}.zarr")

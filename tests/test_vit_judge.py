@@ -181,7 +181,7 @@ def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_
     from flows.score import score
     from saeuron.run import RunConfig
     from saeuron.sae import SAEConfig, SparseAutoencoder
-    from saeuron.scoring import DomainHooks, ScoreConfig
+    from saeuron.scoring import DomainHooks, DomainSweeps, ScoreConfig
     from saeuron.unlearning import EvaluateConfig
     from stores import HOOK, as_harvested, synthetic_store
 
@@ -193,7 +193,8 @@ def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_
     SparseAutoencoder(SAEConfig(d_in=32, expansion_factor=2, k=4)).save(tmp_path / "sae" / HOOK)
     layout.finish("train", "sae-0", {HOOK: str(tmp_path / "sae" / HOOK)}, {}, 0.0, upstream={})
     run = RunConfig(root=str(tmp_path))
-    score(ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2, exclusive=False), run)
+    score(ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2, exclusive=False,
+                      sweep=DomainSweeps()), run)
     small = replace(unlearncanvas_grid(style_set="styles_unlearning"), objects=("Cats", "Dogs"),
                     styles=("Monet", "Cubism"))
     monkeypatch.setattr(EvaluateConfig, "concept_grid", lambda self: small)  # 51 x 20: 45 s here
