@@ -16,7 +16,8 @@ from prefect_dask import DaskTaskRunner
 from flows.stage import cached, layout_of
 from saeuron.harvest import Harvest, HarvestConfig, open_store, prepare
 from saeuron.run import RunConfig
-from storage.run import fingerprint
+from storage.activations import ActivationStore
+from storage.run import RunLayout, fingerprint
 from tasks.harvest import harvest_shard
 
 
@@ -70,6 +71,22 @@ def fill_store(checked: Harvest, store_url: str, run: RunConfig, replace: bool) 
             "bytes_on_disk": store.nbytes_stored(), "seconds": round(time.time() - start, 1)}
 
 
+def repair(layout: RunLayout, splits: list[HarvestConfig]) -> dict[str, list[int]]:
+    """Damaged units (ActivationStore.damaged_units) of the splits' existing stores, marked
+    unwritten so that the harvest writes them again: the same samples give the same values,
+    so nothing downstream changes."""
+    logger = get_run_logger()
+    damaged = {}
+    for split in splits:
+        store = ActivationStore.open_existing(layout.activations(split.split))
+        if store is not None and (units := store.damaged_units()):
+            logger.warning(f"{store.url}: write units {units} are damaged (checksum, decoding "
+                           "or a missing chunk); harvesting them again")
+            store.mark_unwritten(units)
+            damaged[split.split] = units
+    return damaged
+
+
 @flow(name="harvest")
 def harvest(config: HarvestConfig = HarvestConfig(), run: RunConfig = RunConfig(),
             score_seeds: int = 1, force: bool = False) -> dict:
@@ -78,7 +95,8 @@ def harvest(config: HarvestConfig = HarvestConfig(), run: RunConfig = RunConfig(
     layout = layout_of(run)
     splits = [config, config.model_copy(update={"split": "score", "n_seeds": score_seeds})]
     fp = fingerprint("harvest", [s.fingerprint() for s in splits])
-    if hit := cached(layout, "harvest", fp, force):
+    damaged = {} if force else repair(layout, splits)
+    if not damaged and (hit := cached(layout, "harvest", fp, force)):
         return hit
     first = prepare(splits[0])  # every option checked before any work or deletion
     checked = [first, prepare(splits[1], first.pipe)]

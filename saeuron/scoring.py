@@ -30,7 +30,7 @@ from saeuron.intervention import DETECT_AT, DETECT_START, Gate
 from saeuron.minicanvas import OBJECT_HOOK, STYLE_HOOK
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import SweepConfig
-from storage.activations import ActivationStore
+from storage.activations import ActivationStore, StoreCorruptError
 
 EPS = 1e-9
 DOMAINS = ("style", "object")
@@ -81,11 +81,15 @@ class ConceptMeans:
         return share - rest / (rest.sum(-1, keepdims=True) + EPS)
 
 
-def _encode_chunk(block: np.ndarray, sae: SparseAutoencoder) -> np.ndarray:
-    """(n, T, P, F) activations -> (n, T, L) position-averaged TopK latents, float32.
+def _encode_chunk(block: np.ndarray, sae: SparseAutoencoder, where: str = "") -> np.ndarray:
+    """(n, T, P, F) activations -> (n, T, L) position-averaged TopK latents, float32; a chunk
+    that holds NaN (a stored chunk gone: the store's fill value) is refused.
 
     One sample at a time, so the dense (vector, latent) intermediate is T x P x L floats, not
     n times that (at SD scale a 16-sample chunk would need 16 x 50 x 256 x 20,480 x 4 B)."""
+    if np.isnan(block).any():
+        raise StoreCorruptError(f"{where}: a chunk is missing or holds NaN; run the harvest "
+                                "stage again: it re-harvests the damaged units only")
     n, t, p, f = block.shape
     out = np.empty((n, t, sae.cfg.n_latents), np.float32)
     with torch.no_grad():
@@ -104,7 +108,7 @@ def encoded_means(store: ActivationStore, hook: str, sae: SparseAutoencoder) -> 
     if width != sae.cfg.d_in:
         raise ValueError(f"hook {hook!r} has width {width} but the SAE takes {sae.cfg.d_in}")
     acts = da.from_zarr(store.group[hook])
-    return da.map_blocks(_encode_chunk, acts, sae, dtype=np.float32,
+    return da.map_blocks(_encode_chunk, acts, sae, f"{store.url} ({hook})", dtype=np.float32,
                          chunks=(acts.chunks[0], acts.chunks[1], (sae.cfg.n_latents,)),
                          drop_axis=[2, 3], new_axis=[2])
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 DIMS = ("sample", "timestep", "position", "feature")
 LABELS = ("prompt", "object", "style", "template", "seed")
@@ -37,7 +37,11 @@ CODECS: dict[str, list[Any]] = {
     "zstd": [ZstdCodec(level=3)],
     "none": [],
 }
-"""Compressors a store can use, by name; see bench/store_codecs.py and BENCHMARKS.md."""
+"""Compressors a store can use, by name; see bench/store_codecs.py and BENCHMARKS.md. Every
+chunk also carries a CRC32C checksum (CHECKSUM), checked before it is decompressed."""
+CHECKSUM = Crc32cCodec()
+"""Appended to every codec chain: a changed or truncated chunk fails its checksum on reading
+instead of decoding to other values, or crashing the decompressor."""
 DEFAULT_CODEC = "blosc-zstd-bitshuffle"
 """Chosen by measurement on MiniCanvas activations: smallest, and cheaper to write than
 byte-shuffled zstd (BENCHMARKS.md)."""
@@ -45,6 +49,10 @@ byte-shuffled zstd (BENCHMARKS.md)."""
 
 class StoreMismatchError(ValueError):
     """The store at a URL was made with another configuration."""
+
+
+class StoreCorruptError(ValueError):
+    """A unit the store marks as written cannot be read back as it was written."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +83,8 @@ class StoreSpec:
 
 
 class ActivationStore:
-    def __init__(self, group: zarr.Group):
-        self.group = group
+    def __init__(self, group: zarr.Group, url: str = ""):
+        self.group, self.url = group, url or str(group.store)
         attrs = group.attrs.asdict()
         if "fingerprint" not in attrs:
             raise ValueError(f"{group.store} is not a complete activation store (no fingerprint)")
@@ -116,8 +124,8 @@ class ActivationStore:
         for hook, (positions, features) in spec.hooks.items():
             group.create_array(hook, shape=(n, len(spec.timesteps), positions, features),
                                chunks=(spc, len(spec.timesteps), positions, features),
-                               dtype=spec.dtype, compressors=CODECS[codec], fill_value=0,
-                               dimension_names=spec.dims(hook),
+                               dtype=spec.dtype, compressors=[*CODECS[codec], CHECKSUM],
+                               fill_value=np.nan, dimension_names=spec.dims(hook),
                                attributes={"coordinates": " ".join(LABELS)})
         cls._coord(group, "timestep", np.asarray(spec.timesteps, np.int64), "timestep")
         cls._coord(group, "sample", np.asarray(table.index, np.int64), "sample")
@@ -139,7 +147,7 @@ class ActivationStore:
         with warnings.catch_warnings():  # consolidated metadata is a zarr-python v3 extension
             warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
             zarr.consolidate_metadata(url)
-        return cls(zarr.open_group(url, mode="r+", zarr_format=3))
+        return cls(zarr.open_group(url, mode="r+", zarr_format=3), url)
 
     @staticmethod
     def _coord(group: zarr.Group, name: str, values: np.ndarray, dim: str) -> None:
@@ -157,7 +165,7 @@ class ActivationStore:
             return None
         if "fingerprint" not in group.attrs:
             return None
-        return cls(group)
+        return cls(group, url)
 
     @classmethod
     def open(cls, url: str) -> "ActivationStore":
@@ -200,10 +208,38 @@ class ActivationStore:
         """One write unit of a hook, (samples, timesteps, positions, features), stored dtype."""
         if hook not in self.spec.hooks:
             raise KeyError(f"the store has no hook {hook!r}; it holds {sorted(self.spec.hooks)}")
-        data = self.group[hook][self.unit_samples(unit)]
+        try:
+            data = self.group[hook][self.unit_samples(unit)]
+        except (ValueError, RuntimeError) as error:
+            raise StoreCorruptError(self._damaged(hook, unit, f"fails to decode ({error})")) from None
+        if np.isnan(data).any():  # a chunk file gone: its fill value, NaN
+            raise StoreCorruptError(self._damaged(hook, unit, "is missing or holds NaN"))
         if timesteps is not None:
             data = data[:, [self.spec.timesteps.index(t) for t in timesteps]]
         return data
+
+    def _damaged(self, hook: str, unit: int, what: str) -> str:
+        return (f"{self.url}: the chunk of write unit {unit} of {hook} {what}; run the harvest "
+                "stage again (the pipeline, or python -m flows.harvest): it re-harvests the "
+                "damaged units only")
+
+    def damaged_units(self) -> list[int]:
+        """The units marked written whose chunk of some hook fails its checksum, cannot be
+        decoded or is missing (reads the whole store)."""
+        damaged = []
+        for unit in np.flatnonzero(self.done()):
+            for hook in self.spec.hooks:
+                try:
+                    self.read_unit(hook, int(unit))
+                except StoreCorruptError:
+                    damaged.append(int(unit))
+                    break
+        return damaged
+
+    def mark_unwritten(self, units: list[int]) -> None:
+        """Clear the written flag of `units`, so that a resumed harvest writes them again."""
+        for unit in units:
+            self.group["progress/done"][unit] = 0
 
     def labels(self) -> pd.DataFrame:
         """The per-sample labels, one row per sample."""

@@ -19,7 +19,7 @@ from saeuron.harvest import HarvestConfig, open_store, prepare, run_units
 from saeuron.pipeline import load_pipeline
 from saeuron.run import RunConfig
 from saeuron.sampling import ddim_scheduler, initial_latents, sample, schedule_timesteps
-from storage.activations import ActivationStore, StoreMismatchError
+from storage.activations import ActivationStore, StoreCorruptError, StoreMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "up_blocks.1.attentions.1"
@@ -148,6 +148,31 @@ def test_store_of_another_configuration_is_refused_unless_forced(fresh_pipeline_
     assert np.array_equal(raw(url), before), "a refused harvest leaves the store untouched"
     forced = open_store(other, url, force=True)
     assert forced.missing_units() == list(range(4))
+
+
+def test_damaged_chunks_are_detected_and_reharvested(fresh_pipeline_dir, tmp_path, prefect_api):
+    from flows.harvest import harvest
+
+    cfg, run = small_config(fresh_pipeline_dir), RunConfig(root=str(tmp_path))
+    harvest(cfg, run, score_seeds=1)
+    url = str(tmp_path / "activations" / "harvest.zarr")
+    before = raw(url)
+    chunk = [tmp_path / "activations" / "harvest.zarr" / HOOK / "c" / str(u) / "0" / "0" / "0"
+             for u in range(3)]
+    flipped = bytearray(chunk[0].read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF
+    chunk[0].write_bytes(bytes(flipped))
+    chunk[1].write_bytes(chunk[1].read_bytes()[: chunk[1].stat().st_size // 2])
+    chunk[2].unlink()
+    store = ActivationStore.open(url)
+    for unit, what in ((0, "fails to decode"), (1, "fails to decode"), (2, "is missing")):
+        with pytest.raises(StoreCorruptError, match=f"write unit {unit} of {HOOK} {what}"):
+            store.read_unit(HOOK, unit)
+    assert store.damaged_units() == [0, 1, 2]
+    again = harvest(cfg, run, score_seeds=1)
+    assert again["metrics"]["harvest_samples"] == 8, "ran, not cached"
+    assert ActivationStore.open(url).damaged_units() == []
+    assert np.array_equal(raw(url), before), "the damaged units are written again as they were"
 
 
 def _flow_cmd(cfg_file: Path, root: Path) -> list[str]:
