@@ -17,7 +17,7 @@ from saeuron.threads import torch_threads
 from saeuron.report import report, summarise, table_rows
 from saeuron.unlearning import EvaluateConfig
 from storage.features import DOMAINS, read_features
-from storage.run import fingerprint
+from storage.run import fingerprint, made
 from tasks.evaluate import FEATURES, UNEDITED, unedited_target, unlearn_target
 
 
@@ -37,7 +37,7 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
     targets = config.targets(domains, config.concept_grid())
     fp = fingerprint("evaluate", code_fingerprint("evaluate"),
                      config.model_dump(mode="json", exclude={"device"}),
-                     scored["fingerprint"])
+                     made(scored))
     if hit := cached(layout, "evaluate", fp, force):
         return hit
     out_dir = layout.eval_dir

@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from flows.stage import cached, code_fingerprint, layout_of
 from saeuron.run import RunConfig
 from saeuron.scoring import ScoreConfig
-from storage.run import fingerprint
+from storage.run import fingerprint, made
 from tasks.score import score_features
 
 
@@ -29,8 +29,7 @@ def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
         raise ValueError(f"score.hooks name {untrained[0]!r}, but the train stage trained "
                          f"{sorted(trained['outputs'])}")
     fp = fingerprint("score", code_fingerprint("score"),
-                     config.model_dump(mode="json"), harvested["fingerprint"],
-                     trained["fingerprint"])
+                     config.model_dump(mode="json"), made(harvested), made(trained))
     if hit := cached(layout, "score", fp, force):
         return hit
     urls = {hook: layout.features(hook) for hook in by_hook}

@@ -11,7 +11,7 @@ from flows.stage import cached, code_fingerprint, layout_of
 from saeuron.run import RunConfig
 from saeuron.sae_train import SAETrainConfig
 from storage.activations import ActivationStore
-from storage.run import fingerprint
+from storage.run import fingerprint, made
 from tasks.train import train_sae
 
 
@@ -28,7 +28,7 @@ def train(config: SAETrainConfig = SAETrainConfig(), run: RunConfig = RunConfig(
     if missing:
         raise ValueError(f"{store_url} has no hook {missing[0]!r}; it holds {sorted(store.spec.hooks)}")
     fp = fingerprint("train", code_fingerprint("train"),
-                     config.model_dump(mode="json"), upstream["fingerprint"])
+                     config.model_dump(mode="json"), made(upstream))
     if hit := cached(layout, "train", fp, force):
         return hit
     folders = {hook: str(layout.sae_dir / hook) for hook in config.hooks}

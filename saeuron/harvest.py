@@ -27,6 +27,7 @@ from saeuron.pipeline import Pipeline, load_pipeline
 from saeuron.sampling import Precision, resolve_precision, sample, schedule_timesteps
 from saeuron.threads import torch_threads
 from storage.activations import ActivationStore, StoreSpec
+from storage.run import content_digest
 
 SPLIT_SEED_BASE = {"harvest": 0, "score": 100_000, "eval": 1_000_000}
 """First seed of each split: splits never share a seed (eval matches MiniCanvas's judge seeds)."""
@@ -82,9 +83,11 @@ class HarvestConfig(Config):
 
     def fingerprint(self) -> str:
         """What the stored bytes depend on: everything but the device (the precision as
-        resolved on it), and the code version."""
+        resolved on it), the code version, and the model's files (weights replaced in place
+        harvest again)."""
         data = self.model_dump(exclude={"device"})
         data["code"] = saeuron.__version__
+        data["model_files"] = content_digest(self.model_path())
         data["precision"] = resolve_precision(self.precision, self.device)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

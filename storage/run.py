@@ -39,6 +39,42 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+SMALL = 4 << 20
+"""Files up to this size are digested by their bytes, larger ones by size and modification
+time (activation chunks, an SD-sized SAE): a truncated or replaced file is still seen."""
+
+
+NOT_MADE = ("checkpoint", "metrics.jsonl")
+"""Files of an output that are not its result: resume state and logs (with timings)."""
+
+
+def content_digest(url: str) -> str:
+    """A digest of what a stage made at `url` (a file, or every file under a folder or store,
+    NOT_MADE aside)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return "missing"
+    files = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    h = hashlib.sha256()
+    for name in sorted(files):
+        if name.rsplit("/", 1)[-1].startswith(NOT_MADE):
+            continue
+        info = files[name]
+        h.update(f"{name[len(path):]}:{info.get('size')}".encode())
+        if info.get("size", SMALL + 1) <= SMALL:
+            h.update(fs.cat_file(name))
+        else:
+            h.update(str(info.get("mtime") or info.get("LastModified") or info.get("ETag")).encode())
+    return h.hexdigest()[:16]
+
+
+def made(manifest: dict) -> str:
+    """What a finished stage made, for the fingerprints of the stages that read it: its inputs'
+    fingerprint and its outputs' digests (a forced rerun that made something else, or an output
+    changed since, then reruns them)."""
+    return fingerprint(manifest["fingerprint"], manifest.get("digests"))
+
+
 def versions() -> dict[str, str]:
     out = {}
     for name in LIBRARIES:
@@ -114,11 +150,16 @@ class RunLayout:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def complete(self, stage: str, fp: str) -> dict | None:
-        """The stage's manifest if it is complete for fingerprint `fp` and its outputs exist."""
+        """The stage's manifest if it is complete for fingerprint `fp` and its outputs are there
+        as it made them (their digests)."""
         manifest = self.read_manifest(stage)
         if manifest is None or manifest["fingerprint"] != fp:
             return None
-        return manifest if all(exists(p) for p in manifest["outputs"].values()) else None
+        if not all(exists(p) for p in manifest["outputs"].values()):
+            return None
+        digests = manifest.get("digests", {})
+        changed = [k for k, d in digests.items() if content_digest(manifest["outputs"][k]) != d]
+        return None if changed else manifest
 
     def upstream(self, stage: str, needed_by: str) -> dict:
         """The manifest of a finished upstream stage, or a clear error naming what to run."""
@@ -153,6 +194,7 @@ class RunLayout:
                seconds: float, upstream: dict[str, str]) -> dict:
         """Write the stage's manifest, atomically and last."""
         manifest = {"stage": stage, "fingerprint": fp, "upstream": upstream, "outputs": outputs,
+                    "digests": {k: content_digest(v) for k, v in outputs.items()},
                     "metrics": metrics, "seconds": round(seconds, 1),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()}
         path = self.manifest_path(stage)

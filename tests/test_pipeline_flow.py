@@ -100,6 +100,11 @@ def test_pipeline_caches_and_reruns_only_downstream(fresh_pipeline_dir, tmp_path
                               "evaluate": "Cached"}
     assert sae_file.stat().st_mtime_ns != stamp
 
+    sae_file.write_bytes(sae_file.read_bytes()[:1000])
+    truncated = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3, sweep=DomainSweeps())}))
+    assert states(truncated) == {"harvest": "Cached", "train": "Completed", "score": "Cached",
+                                 "evaluate": "Cached"}, "a damaged SAE is trained again, as it was"
+
     (tmp_path / "run" / "features" / f"{HOOK}.zarr").rename(tmp_path / "moved.zarr")
     deleted = pipeline(config.model_copy(update={"score": ScoreConfig(top_n=3, sweep=DomainSweeps())}))
     assert states(deleted)["score"] == "Completed", "a deleted output is made again"
