@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from prefect import flow, get_run_logger
@@ -17,7 +16,7 @@ from saeuron.threads import torch_threads
 from saeuron.report import report, summarise, table_rows
 from saeuron.unlearning import EvaluateConfig
 from storage.features import DOMAINS, read_features
-from storage.run import fingerprint, made
+from storage.run import fingerprint, made, read_json, write_json
 from tasks.evaluate import FEATURES, UNEDITED, unedited_target, unlearn_target
 
 
@@ -49,8 +48,8 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
     rows: dict[str, dict] = {}
     for name in names:
         done = out_dir / name / "metrics.json"
-        before = json.loads(done.read_text()) if done.is_file() else {}
-        if before.get("fingerprint") == fp:
+        before = read_json(done)
+        if isinstance(before, dict) and before.get("fingerprint") == fp and "row" in before:
             rows[name] = before["row"]  # done before an interruption
             logger.info(f"{name}: done before, {rows[name]}")
     unedited = out_dir / "baseline" / UNEDITED
@@ -59,7 +58,7 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
 
     def finished(name: str, row: dict) -> None:
         rows[name] = row
-        (out_dir / name / "metrics.json").write_text(json.dumps({"fingerprint": fp, "row": row}))
+        write_json(out_dir / name / "metrics.json", {"fingerprint": fp, "row": row})
         update_progress_artifact(progress, 100.0 * len(rows) / len(names))
 
     update_progress_artifact(progress, 100.0 * len(rows) / len(names))

@@ -91,6 +91,14 @@ class Metrics:
         return {k: round(v, 6) for k, v in self.__dict__.items()}
 
 
+def _step(line: str) -> float:
+    """The step of a metrics line; a line cut short by a kill counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class SAETrainer:
     def __init__(self, store: ActivationStore, cfg: SAETrainConfig, hook: str,
                  workdir: str | Path, log: Callable[[str], None] = print):
@@ -137,7 +145,7 @@ class SAETrainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch"]
         metrics = self.workdir / METRICS
         if metrics.is_file():
-            kept = [l for l in metrics.read_text().splitlines() if json.loads(l)["step"] <= self.step]
+            kept = [l for l in metrics.read_text().splitlines() if _step(l) <= self.step]
             metrics.write_text("".join(l + "\n" for l in kept))
         self.log(f"resumed at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 

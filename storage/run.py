@@ -75,6 +75,27 @@ def made(manifest: dict) -> str:
     return fingerprint(manifest["fingerprint"], manifest.get("digests"))
 
 
+class ManifestError(ValueError):
+    """A manifest that exists but cannot be read (damaged, or not written by this project)."""
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a kill leaves the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    """A JSON file's contents, or None if it is missing or unreadable (a resume file damaged:
+    the work it records is done again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def versions() -> dict[str, str]:
     out = {}
     for name in LIBRARIES:
@@ -146,13 +167,23 @@ class RunLayout:
         return Path(self.root) / "manifests" / f"{stage}.json"
 
     def read_manifest(self, stage: str) -> dict | None:
+        """The stage's manifest, None if there is none; ManifestError if it is unreadable."""
         path = self.manifest_path(stage)
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        manifest = read_json(path)
+        if not isinstance(manifest, dict) or not {"fingerprint", "outputs"} <= set(manifest):
+            raise ManifestError(f"{path} is damaged (not a manifest this project wrote): run the "
+                                f"{stage} stage again (the pipeline reruns it by itself)")
+        return manifest
 
     def complete(self, stage: str, fp: str) -> dict | None:
         """The stage's manifest if it is complete for fingerprint `fp` and its outputs are there
-        as it made them (their digests)."""
-        manifest = self.read_manifest(stage)
+        as it made them (their digests); None too if the manifest is damaged (then it runs)."""
+        try:
+            manifest = self.read_manifest(stage)
+        except ManifestError:
+            return None
         if manifest is None or manifest["fingerprint"] != fp:
             return None
         if not all(exists(p) for p in manifest["outputs"].values()):
@@ -179,7 +210,10 @@ class RunLayout:
         """Record that `stage` starts with fingerprint `fp`; clear `outputs` first if the stage's
         last output or start was from other inputs (or `force`). Returns whether it was."""
         started = Path(self.root) / "manifests" / f"{stage}.started"
-        before = self.read_manifest(stage)
+        try:
+            before = self.read_manifest(stage)
+        except ManifestError:  # damaged: whatever it described is not to be trusted
+            before = {"fingerprint": None}
         stale = force or (before is not None and before["fingerprint"] != fp) or (
             started.is_file() and started.read_text() != fp)
         self.manifest_path(stage).unlink(missing_ok=True)
@@ -197,11 +231,7 @@ class RunLayout:
                     "digests": {k: content_digest(v) for k, v in outputs.items()},
                     "metrics": metrics, "seconds": round(seconds, 1),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()}
-        path = self.manifest_path(stage)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=str))
-        os.replace(tmp, path)
+        write_json(self.manifest_path(stage), manifest)
         (Path(self.root) / "manifests" / f"{stage}.started").unlink(missing_ok=True)
         return manifest
 
@@ -210,19 +240,16 @@ class RunLayout:
         """Keep a finished pipeline command's result with its inputs digest (inputs_digest) and
         the fingerprints its stages finished with, for `replay`."""
         stages = {stage: self.read_manifest(stage)["fingerprint"] for stage in STAGES}
-        path = self.manifest_path("pipeline")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"digest": digest, "stages": stages, "result": result,
-                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-                                  indent=2, default=str))
-        os.replace(tmp, path)
+        write_json(self.manifest_path("pipeline"), {
+            "digest": digest, "stages": stages, "result": result,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def replay(self, digest: str) -> dict | None:
         """The recorded result of the last pipeline command, if its inputs digest is `digest`
         and every stage is still complete with the fingerprint it finished with (outputs
         there); None otherwise, or if the record cannot be read (then the pipeline runs)."""
         try:
-            record = json.loads(self.manifest_path("pipeline").read_text())
+            record = read_json(self.manifest_path("pipeline"))
             if record["digest"] != digest:
                 return None
             if all(self.complete(s, record["stages"][s]) for s in STAGES):

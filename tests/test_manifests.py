@@ -27,3 +27,33 @@ def test_downstream_fingerprints_follow_what_an_upstream_stage_made(tmp_path):
     second = made(layout.finish("train", "fp", {"sae": str(out)}, {}, 1.0, {}))
     assert first != second
     assert content_digest(str(tmp_path / "gone")) == "missing"
+
+
+def test_damaged_state_files_rerun_their_work_and_name_themselves(tmp_path):
+    import pytest
+
+    from storage.run import ManifestError
+
+    layout = RunLayout(root=str(tmp_path))
+    out = tmp_path / "features"
+    out.mkdir()
+    layout.finish("score", "fp", {"style": str(out)}, {}, 1.0, {})
+    for garbage in ("{not json", "{}", ""):
+        layout.manifest_path("score").write_text(garbage)
+        assert layout.complete("score", "fp") is None, "a damaged manifest: the stage runs"
+        with pytest.raises(ManifestError, match=r"score.json is damaged.*run the score stage"):
+            layout.upstream("score", "evaluate")
+    assert layout.begin("score", "fp", [str(out)]) is True, "its outputs are cleared"
+    assert not out.exists()
+
+
+def test_resume_files_cut_short_by_a_kill_read_as_not_done(tmp_path):
+    from storage.run import read_json, write_json
+
+    path = tmp_path / "eval" / "sketch" / "metrics.json"
+    write_json(path, {"fingerprint": "fp", "row": {"UA": 1.0}})
+    assert read_json(path) == {"fingerprint": "fp", "row": {"UA": 1.0}}
+    assert not list(path.parent.glob("*.tmp")), "written through a temporary file"
+    for cut in ("", '{"fingerprint": "fp", "ro'):
+        path.write_text(cut)
+        assert read_json(path) is None

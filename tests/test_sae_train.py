@@ -119,6 +119,8 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, prefect_api):
     proc.wait()
     total = torch.load(tmp_path / "whole" / "sae" / HOOK / CHECKPOINT, weights_only=False)["step"]
     assert 9 <= step < total, f"killed part-way (step {step} of {total})"
+    with open(tmp_path / "killed" / "sae" / HOOK / "metrics.jsonl", "a") as log:
+        log.write('{"step": 1')  # what a kill in the middle of a log line leaves
     subprocess.run(_train_cmd(cfg_file, tmp_path / "killed"), cwd=ROOT, env=env,
                    check=True, capture_output=True)
     a = load_file(tmp_path / "whole" / "sae" / HOOK / "sae.safetensors")
