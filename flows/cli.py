@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 from pydantic import ValidationError
 
-from saeuron.config import Config
+from saeuron.config import Config, load_yaml
 from flows.stage import layout_of
 from saeuron.run import UPSTREAM, PipelineConfig, RunConfig
 from storage.activations import StoreMismatchError
@@ -60,8 +58,8 @@ def load_stage_config(name: str, config_cls: type[Config],
     (then with the pipeline's run settings and, for harvest, its score_seeds)."""
     if path is None:
         return config_cls(), RunConfig(), {}
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if isinstance(data, dict) and ("run" in data or name in data):
+    data = load_yaml(path)
+    if "run" in data or name in data:
         pipeline = PipelineConfig.model_validate(data)
         options = {"score_seeds": pipeline.score_seeds} if name == "harvest" else {}
         return getattr(pipeline, name), pipeline.run, options

@@ -61,8 +61,11 @@ def digest_and_root(args: argparse.Namespace) -> tuple[str, str] | None:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.config and not Path(args.config).is_file():
-        raise SystemExit(f"error: --config {args.config}: no such file")
+        kind = "a folder, not a file" if Path(args.config).is_dir() else "no such file"
+        raise SystemExit(f"error: --config {args.config}: {kind}")
     known = digest_and_root(args)
+    if known and Path(known[1]).exists() and not Path(known[1]).is_dir():
+        raise SystemExit(f"error: the run root {known[1]} is a file; give a folder (--root)")
     if known and not args.force and (record := RunLayout(root=known[1]).replay(known[0])):
         print(f"Nothing changed since this command last finished on {known[1]} "
               f"({record['finished']}): every stage is cached, so its result is shown again "

@@ -21,6 +21,21 @@ def test_bad_values_are_named(tmp_path):
     assert "learning_rate" in text and "Extra inputs are not permitted" in text
 
 
+@pytest.mark.parametrize("text, message", [
+    ("run:\n\troot: x\n", r"is not valid YAML at line 2, column 1: found character '\\t'"),
+    ("styles: [sketch\n", r"is not valid YAML at line 2, column 1: expected ','"),
+    ("- a list\n", "expected a mapping of options, got list"),
+])
+def test_unreadable_yaml_is_one_message_naming_the_file(text, message, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message) as err:
+        DiffusionTrainConfig.from_yaml(bad)
+    assert str(bad) in str(err.value)
+    with pytest.raises(FileNotFoundError, match="it is a folder"):
+        DiffusionTrainConfig.from_yaml(tmp_path)
+
+
 def test_method_paper_sets_the_papers_score_options_and_explicit_ones_win(tmp_path):
     from saeuron.run import PipelineConfig
 

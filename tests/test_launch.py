@@ -49,3 +49,17 @@ def test_replay_needs_the_same_digest_and_every_stage_still_complete(tmp_path):
     layout.manifest_path("pipeline").write_text("{not json")
     assert layout.replay("d1") is None, "an unreadable record is no record"
     assert json.loads(layout.manifest_path("train").read_text())["fingerprint"] == "fp-train"
+
+
+def test_bad_paths_are_one_message_before_anything_starts(tmp_path):
+    import pytest
+
+    from flows.launch import main
+
+    with pytest.raises(SystemExit, match="a folder, not a file"):
+        main(["--config", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["--config", str(tmp_path / "missing.yaml")])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="is a file; give a folder"):
+        main(["--root", str(tmp_path / "file")])
