@@ -12,8 +12,10 @@ from saeuron.config import Config, load_yaml
 from flows.stage import layout_of
 from saeuron.run import UPSTREAM, PipelineConfig, RunConfig
 from storage.activations import StoreMismatchError
+from storage.run import RootBusyError
 
-USER_ERRORS = (ValidationError, ValueError, FileNotFoundError, KeyError, StoreMismatchError)
+USER_ERRORS = (ValidationError, ValueError, FileNotFoundError, KeyError, StoreMismatchError,
+               RootBusyError)
 
 
 def quiet_libraries() -> None:
@@ -80,9 +82,11 @@ def run_stage_cli(name: str, flow: Callable, config_cls: type[Config], argv: lis
         given = {"root": args.root, "stores": args.stores, "dask_address": args.dask_address,
                  "shards": args.shards}
         run = run.model_copy(update={k: v for k, v in given.items() if v is not None})
-        for stage in UPSTREAM[name]:
-            layout_of(run).upstream(stage, name)
-        result = flow(config, run, force=args.force, **(options | (kwargs(args) if kwargs else {})))
+        with layout_of(run).hold():
+            for stage in UPSTREAM[name]:
+                layout_of(run).upstream(stage, name)
+            result = flow(config, run, force=args.force,
+                          **(options | (kwargs(args) if kwargs else {})))
     except USER_ERRORS as error:
         fail(error)
     print({k: result[k] for k in ("stage", "fingerprint", "outputs", "metrics")})

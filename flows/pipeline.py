@@ -21,12 +21,18 @@ from flows.score import score
 from flows.train import train
 from saeuron.report import summary_table
 from saeuron.run import PipelineConfig, check_pipeline
+from storage.run import RunLayout
 
 
 @flow(name="pipeline")
 def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     """Run the four stages; a stage whose inputs did not change since it last finished is
     cached, a changed one reruns with everything downstream of it."""
+    with RunLayout(root=config.run.root, stores=config.run.stores).hold():
+        return _pipeline(config)
+
+
+def _pipeline(config: PipelineConfig) -> dict:
     logger = get_run_logger()
     start = time.time()
     check_pipeline(config)

@@ -18,14 +18,16 @@ cleared before it runs, so a killed run resumes only work of the same inputs.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import fsspec
 
@@ -73,6 +75,14 @@ def made(manifest: dict) -> str:
     fingerprint and its outputs' digests (a forced rerun that made something else, or an output
     changed since, then reruns them)."""
     return fingerprint(manifest["fingerprint"], manifest.get("digests"))
+
+
+class RootBusyError(RuntimeError):
+    """Another process is running on the same run root."""
+
+
+_HELD: dict[str, list] = {}
+"""Run roots this process holds: resolved path -> [lock file, depth] (hold is reentrant)."""
 
 
 class ManifestError(ValueError):
@@ -235,6 +245,40 @@ class RunLayout:
         (Path(self.root) / "manifests" / f"{stage}.started").unlink(missing_ok=True)
         return manifest
 
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Exclusive use of the run root while the block runs (a lock on manifests/.lock,
+        released when the process ends, even by kill -9); reentrant in one process. Another
+        process holding it is a RootBusyError naming it, before any work."""
+        key = str(Path(self.root).resolve())
+        if key in _HELD:
+            _HELD[key][1] += 1
+        else:
+            path = Path(self.root) / "manifests" / ".lock"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            file = open(path, "a+")
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.seek(0)
+                holder = file.read().strip() or "another process"
+                file.close()
+                raise RootBusyError(f"{self.root} is in use by {holder}: wait for it to end, or "
+                                    "use another run root (--root)") from None
+            file.truncate(0)
+            file.write(f"pid {os.getpid()} (since {time.strftime('%Y-%m-%dT%H:%M:%S%z')})")
+            file.flush()
+            _HELD[key] = [file, 1]
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+            if not _HELD[key][1]:
+                file = _HELD.pop(key)[0]
+                file.truncate(0)
+                fcntl.flock(file, fcntl.LOCK_UN)
+                file.close()
 
     def record_pipeline(self, digest: str, result: dict) -> None:
         """Keep a finished pipeline command's result with its inputs digest (inputs_digest) and

@@ -57,3 +57,29 @@ def test_resume_files_cut_short_by_a_kill_read_as_not_done(tmp_path):
     for cut in ("", '{"fingerprint": "fp", "ro'):
         path.write_text(cut)
         assert read_json(path) is None
+
+
+def test_one_process_at_a_time_holds_a_run_root(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import pytest
+
+    from storage.run import RootBusyError
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from storage.run import RunLayout\n"
+        f"with RunLayout(root={str(tmp_path)!r}).hold():\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RootBusyError, match=rf"in use by pid {holder.pid} .*--root"):
+            with RunLayout(root=str(tmp_path)).hold():
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with RunLayout(root=str(tmp_path)).hold():
+        with RunLayout(root=str(tmp_path)).hold():  # reentrant: the pipeline, then a stage
+            pass
