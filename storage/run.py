@@ -173,6 +173,17 @@ class RunLayout:
     def eval_dir(self) -> Path:
         return Path(self.root) / "eval"
 
+    def owns(self, url: str) -> bool:
+        """Whether `url` lies in this run's root or stores: a manifest copied with its root
+        (cp -a) names the original's outputs, which are not this run's."""
+        for base in {self.root, self._stores}:
+            if "://" in base or "://" in url:
+                if url.startswith(base.rstrip("/") + "/"):
+                    return True
+            elif Path(url).resolve().is_relative_to(Path(base).resolve()):
+                return True
+        return False
+
     def manifest_path(self, stage: str) -> Path:
         return Path(self.root) / "manifests" / f"{stage}.json"
 
@@ -196,7 +207,7 @@ class RunLayout:
             return None
         if manifest is None or manifest["fingerprint"] != fp:
             return None
-        if not all(exists(p) for p in manifest["outputs"].values()):
+        if not all(self.owns(p) and exists(p) for p in manifest["outputs"].values()):
             return None
         digests = manifest.get("digests", {})
         changed = [k for k, d in digests.items() if content_digest(manifest["outputs"][k]) != d]

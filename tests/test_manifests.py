@@ -83,3 +83,20 @@ def test_one_process_at_a_time_holds_a_run_root(tmp_path):
     with RunLayout(root=str(tmp_path)).hold():
         with RunLayout(root=str(tmp_path)).hold():  # reentrant: the pipeline, then a stage
             pass
+
+
+def test_a_copied_root_does_not_take_the_originals_outputs_for_its_own(tmp_path):
+    import shutil
+
+    original = RunLayout(root=str(tmp_path / "a"))
+    out = tmp_path / "a" / "sae"
+    out.mkdir(parents=True)
+    (out / "sae.safetensors").write_bytes(b"w")
+    original.finish("train", "fp", {"sae": str(out)}, {}, 1.0, {})
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "sae")
+    assert original.complete("train", "fp") is not None
+    assert RunLayout(root=str(tmp_path / "b")).complete("train", "fp") is None
+    remote = RunLayout(root=str(tmp_path / "a"), stores="s3://bucket/run")
+    assert remote.owns("s3://bucket/run/activations/harvest.zarr")
+    assert not remote.owns("s3://bucket/other/activations/harvest.zarr")
