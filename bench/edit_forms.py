@@ -7,14 +7,24 @@ larger n, also with features other concepts lead (`--shared`); and the paper's g
 own content kept, CRA_grid, FD_own against the unstyled row, what the pictures were judged as).
 Only the pictures an edit touches are sampled (saeuron.edited).
 
+`--moves` adds edits that move the SAE code towards the unstyled concept ('none') instead of
+scaling it, in the pictures the chosen edit's detector fires on: `shift` adds the difference
+of the two concepts' mean codes to every latent at every position; `replace40` sets the 40
+latents whose means differ most to the unstyled mean; `zero-all` removes every latent, leaving
+the block the SAE's error term and decoder bias.
+
     .venv/bin/python bench/edit_forms.py --root runs/default --styles sketch pastel forest
 """
 
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
+import torch
+
+from saeuron import intervention
 
 from saeuron.metrics import assess, describe
 from saeuron.minicanvas import JUDGE_DIR
@@ -27,6 +37,40 @@ from saeuron.sweep import VAL_SEED_BASE
 from saeuron.unlearning import concept_edit, reference_features, unedited_grid, unlearned_grid
 from storage.features import read_features, sae_fingerprint
 from storage.run import RunLayout
+
+
+@contextmanager
+def moved(form: str, reference: np.ndarray, target: np.ndarray):
+    """Unlearn's edit replaced by `form` (see the module's docstring) while the block runs;
+    `reference`, `target`: (timestep, latent) mean codes of 'none' and of the style."""
+    plain = intervention.Unlearn._edited
+
+    def edited(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        vectors = x.permute(0, 2, 3, 1).reshape(-1, c).float()
+        acts, idx = self.sae.encode(vectors)
+        n = self.sae.cfg.n_latents
+        row = self.edit.row(self._t)
+        factor = self._detected_factor(intervention.picture_means(acts, idx, b, n), row)
+        where = torch.isfinite(factor).any(1).repeat_interleave(h * w)[:, None]
+        dense = torch.zeros(len(vectors), n).scatter_(1, idx, acts)
+        ref, own = torch.from_numpy(reference[row]).float(), torch.from_numpy(target[row]).float()
+        if form == "shift":
+            new, chosen = dense + (ref - own)[None], torch.ones(n, dtype=torch.bool)
+        elif form == "replace40":
+            gap = (ref - own).abs()
+            new, chosen = ref[None].expand_as(dense), gap >= gap.topk(40).values[-1]
+        else:  # zero-all
+            new, chosen = torch.zeros_like(dense), torch.ones(n, dtype=torch.bool)
+        new = torch.where(where & chosen[None], new, dense)
+        out = vectors + (new - dense) @ self.sae.W_dec
+        return out.to(x.dtype).reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+
+    intervention.Unlearn._edited = edited
+    try:
+        yield
+    finally:
+        intervention.Unlearn._edited = plain
 
 
 def main() -> None:
@@ -42,6 +86,8 @@ def main() -> None:
     parser.add_argument("--error-sign", type=int, choices=[1, 0, -1], default=1,
                         help="0: the block outputs decode(z') alone, the SAE's error term "
                         "dropped (adds a reconstruction-only row)")
+    parser.add_argument("--moves", action="store_true", help="add the edits that move the "
+                        "code towards the unstyled concept (shift, replace40, zero-all)")
     parser.add_argument("--gate", choices=["detect", "mean", "others"], default=None,
                         help="where the edits apply (default: each concept's stored gate; "
                         "'mean', the paper's, edits every picture, with no detection)")
@@ -79,12 +125,17 @@ def main() -> None:
                        for n in [chosen_n] + [n for n in args.sizes if n > chosen_n]]
         candidates += [(f"zero ablation, n {n}, not exclusive", 0.0, selection(n, False))
                        for n in args.shared]
+        candidates += [(f"move: {form}", form, None) for form in
+                       (("shift", "replace40", "zero-all") if args.moves else ())]
         for name, multiplier, selected in candidates:
+            form = multiplier if name.startswith("move") else None
             edit = None if multiplier == "none" else concept_edit(
-                mean_all, domains, "style", [concept], multiplier=multiplier, selected=selected,
-                gate=args.gate)
-            result = unlearned_grid(pipe, judge, sae, hook, edit, seeds, unedited=unedited,
-                                    error_sign=args.error_sign, **sampling)
+                mean_all, domains, "style", [concept], multiplier=None if form else multiplier,
+                selected=selected, gate=args.gate)
+            with (moved(form, style.mean[style.index("none")], style.mean[c]) if form
+                  else nullcontext()):
+                result = unlearned_grid(pipe, judge, sae, hook, edit, seeds, unedited=unedited,
+                                        error_sign=args.error_sign, **sampling)
             got = assess(result.judged(), base_features, reference, "style", [concept])
             print(f"| {concept} | {name} | {got['UA']:.3f} | {got['IRA']:.3f} | "
                   f"{got['kept']:.3f} | {got['CRA_grid']:.3f} | {got['FD_own']:.0f} "

@@ -54,7 +54,8 @@ def test_deploy_all_and_run_a_stage_on_a_process_worker(tmp_path, prefect_api):
     SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=4, k=4)).save(layout.sae_dir / HOOK)
     layout.finish("train", "sae-0", {HOOK: str(layout.sae_dir / HOOK)}, {}, 0.0, upstream={})
     params = {"run": {"root": str(tmp_path / "run")},
-              "config": {"top_n": 2, "hooks": {"style": HOOK, "object": HOOK}}}
+              "config": {"top_n": 2, "hooks": {"style": HOOK, "object": HOOK},
+                         "sweep": {"style": None, "object": None}}}
     out = _prefect("deployment", "run", "score/score", "--params", json.dumps(params), env=env)
     flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
     _prefect("worker", "start", "--pool", "saeuron", "--run-once", env=env, timeout=600)
