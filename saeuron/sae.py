@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from saeuron.config import Config
+from storage.checkpoint import default_permissions
 
 WEIGHTS = "sae.safetensors"
 CONFIG = "config.json"
@@ -226,6 +227,7 @@ class SparseAutoencoder(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
                   folder / WEIGHTS)
+        default_permissions(folder / WEIGHTS)
         (folder / CONFIG).write_text(json.dumps(self.cfg.model_dump(), indent=2) + "\n")
         return folder
 

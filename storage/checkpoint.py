@@ -1,4 +1,5 @@
-"""Atomic checkpoints: a checkpoint on disk is always a complete one, whenever a run is killed."""
+"""Atomic checkpoints: a checkpoint on disk is always a complete one, whenever a run is killed,
+and loading one never runs code (tensors and plain values only)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it to start over") from err
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # weights_only: a pickled object (code) in it is refused too
+        raise ValueError(f"checkpoint {path} is unreadable or holds more than tensors and plain "
+                         f"values ({str(err).splitlines()[0]}); delete it to start over") from None
+
+
+def default_permissions(path: str | Path) -> None:
+    """Give a file the user's default permissions (0666 less the umask): some writers (the
+    safetensors library) create files readable by their owner only."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

@@ -100,3 +100,30 @@ def test_a_copied_root_does_not_take_the_originals_outputs_for_its_own(tmp_path)
     remote = RunLayout(root=str(tmp_path / "a"), stores="s3://bucket/run")
     assert remote.owns("s3://bucket/run/activations/harvest.zarr")
     assert not remote.owns("s3://bucket/other/activations/harvest.zarr")
+
+
+class Payload:
+    """Stands for code a pickled checkpoint could carry."""
+
+
+def test_checkpoints_hold_tensors_and_values_only_and_weights_are_readable(tmp_path):
+    import os
+    import stat
+
+    import pytest
+    import torch
+
+    from saeuron.sae import WEIGHTS, SAEConfig, SparseAutoencoder
+    from storage.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "ok.pt", {"step": 3, "w": torch.ones(2), "config": {"k": [1]}})
+    assert load_checkpoint(tmp_path / "ok.pt")["step"] == 3
+    torch.save({"step": 3, "payload": Payload()}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt is unreadable or holds more than tensors"):
+        load_checkpoint(tmp_path / "bad.pt")
+    mask = os.umask(0o022)
+    try:
+        SparseAutoencoder(SAEConfig(d_in=4, expansion_factor=2, k=2)).save(tmp_path / "sae")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "sae" / WEIGHTS).stat().st_mode) == 0o644

@@ -22,6 +22,7 @@ from torch import nn
 from saeuron.config import Config
 from saeuron.minicanvas.data import ALL_STYLES, RenderBank
 from saeuron.minicanvas.render import OBJECTS
+from storage.checkpoint import default_permissions
 
 
 class Judge(nn.Module):
@@ -70,6 +71,7 @@ class Judge(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()},
                   folder / "judge.safetensors")
+        default_permissions(folder / "judge.safetensors")
         labels = {"styles": list(ALL_STYLES), "objects": list(OBJECTS)}
         (folder / "config.json").write_text(json.dumps({**self.config, **labels}, indent=2) + "\n")
 
