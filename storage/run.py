@@ -5,6 +5,7 @@
       sae/<hook>/                 SAE weights, training checkpoints and metrics
       eval/<target>/              metrics.json and image grid per target; eval/report.md
       manifests/<stage>.json      written last, atomically: the stage is complete for its fingerprint
+                                  (outputs inside the root recorded relative to it: a moved root works)
       manifests/<stage>.started   the fingerprint a stage was started with (removed once complete)
       manifests/pipeline.json     the last pipeline command's inputs digest and result (replay)
     <stores>/                     <root> by default, or any fsspec URL (s3://..., memory://...)
@@ -196,6 +197,8 @@ class RunLayout:
         if not isinstance(manifest, dict) or not {"fingerprint", "outputs"} <= set(manifest):
             raise ManifestError(f"{path} is damaged (not a manifest this project wrote): run the "
                                 f"{stage} stage again (the pipeline reruns it by itself)")
+        for name in manifest.get("in_root", []):  # stored relative to the root: a moved root works
+            manifest["outputs"][name] = str(Path(self.root) / manifest["outputs"][name])
         return manifest
 
     def complete(self, stage: str, fp: str) -> dict | None:
@@ -248,13 +251,18 @@ class RunLayout:
     def finish(self, stage: str, fp: str, outputs: dict[str, str], metrics: dict,
                seconds: float, upstream: dict[str, str]) -> dict:
         """Write the stage's manifest, atomically and last."""
-        manifest = {"stage": stage, "fingerprint": fp, "upstream": upstream, "outputs": outputs,
-                    "digests": {k: content_digest(v) for k, v in outputs.items()},
+        root = Path(self.root).resolve()
+        in_root = [k for k, v in outputs.items()
+                   if "://" not in v and Path(v).resolve().is_relative_to(root)]
+        stored = {k: str(Path(v).resolve().relative_to(root)) if k in in_root else v
+                  for k, v in outputs.items()}
+        manifest = {"stage": stage, "fingerprint": fp, "upstream": upstream, "outputs": stored,
+                    "in_root": in_root, "digests": {k: content_digest(v) for k, v in outputs.items()},
                     "metrics": metrics, "seconds": round(seconds, 1),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()}
         write_json(self.manifest_path(stage), manifest)
         (Path(self.root) / "manifests" / f"{stage}.started").unlink(missing_ok=True)
-        return manifest
+        return {**manifest, "outputs": outputs}
 
 
     @contextmanager

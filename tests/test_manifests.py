@@ -127,3 +127,16 @@ def test_checkpoints_hold_tensors_and_values_only_and_weights_are_readable(tmp_p
     finally:
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "sae" / WEIGHTS).stat().st_mode) == 0o644
+
+
+def test_a_moved_root_finds_its_own_outputs(tmp_path):
+    import shutil
+
+    layout = RunLayout(root=str(tmp_path / "a"))
+    out = tmp_path / "a" / "sae"
+    out.mkdir(parents=True)
+    (out / "sae.safetensors").write_bytes(b"w" * 10)
+    assert layout.finish("train", "fp", {"sae": str(out)}, {}, 1.0, {})["outputs"] == {"sae": str(out)}
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    moved = RunLayout(root=str(tmp_path / "b")).complete("train", "fp")
+    assert moved["outputs"] == {"sae": str(tmp_path / "b" / "sae")}
