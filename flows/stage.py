@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import threading
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -55,10 +56,32 @@ def modules_hash(modules: list[str], follow: tuple[str, ...]) -> str:
         name = todo.pop()
         if name in trees or (path := _source(name)) is None:
             continue
-        tree = ast.parse(path.read_text())
-        trees[name] = hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+        tree, dumped = _parse(path.read_text())
+        trees[name] = hashlib.sha256(dumped.encode()).hexdigest()
         todo += [n for n in _imported(tree) if n.split(".")[0] in follow]
     return fingerprint(sorted(trees.items()))
+
+
+_AST = threading.Lock()
+
+
+def _parse(source: str, attempts: int = 3) -> tuple[ast.Module, str]:
+    """The syntax tree and its dump. CPython 3.11 (seen on 3.11.7) keeps the AST constructor's
+    recursion depth per interpreter, not per thread, so parsing in two threads at once (a
+    Prefect worker's) can raise a spurious SystemError ("AST constructor recursion depth
+    mismatch"): ours are serialised, and one that still collides is parsed again."""
+    for _ in range(attempts - 1):
+        try:
+            return _parsed(source)
+        except SystemError:
+            continue
+    return _parsed(source)
+
+
+def _parsed(source: str) -> tuple[ast.Module, str]:
+    with _AST:
+        tree = ast.parse(source)
+        return tree, ast.dump(tree)
 
 
 def _imported(tree: ast.Module) -> list[str]:
