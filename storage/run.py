@@ -48,7 +48,8 @@ time (activation chunks, an SD-sized SAE): a truncated or replaced file is still
 
 
 NOT_MADE = ("checkpoint", "metrics.jsonl")
-"""Files of an output that are not its result: resume state and logs (with timings)."""
+"""Files of an output that are not its result: resume state and logs (with timings); compiled
+Python (__pycache__) is left out too."""
 
 
 def content_digest(url: str) -> str:
@@ -60,7 +61,7 @@ def content_digest(url: str) -> str:
     files = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
     h = hashlib.sha256()
     for name in sorted(files):
-        if name.rsplit("/", 1)[-1].startswith(NOT_MADE):
+        if name.rsplit("/", 1)[-1].startswith(NOT_MADE) or "/__pycache__/" in name:
             continue
         info = files[name]
         h.update(f"{name[len(path):]}:{info.get('size')}".encode())
@@ -120,21 +121,11 @@ def versions() -> dict[str, str]:
 def inputs_digest(command: Any, paths: list[Path]) -> str:
     """A hash of everything a pipeline command's result can depend on, computed without
     importing torch or starting Prefect: the command (its configuration file's text and
-    options), the bytes of every file under `paths` (the project's code and shipped weights;
-    size and modification time for files over 64 MB, such as a user's model), the library
-    versions and the CPU's flags (the precision "auto" resolves to depends on them)."""
-    h = hashlib.sha256(json.dumps([command, versions(), _cpu_flags()], sort_keys=True,
-                                  default=str).encode())
-    for root in paths:
-        files = sorted(p for p in Path(root).rglob("*") if p.is_file()
-                       and "__pycache__" not in p.parts) if Path(root).is_dir() else [Path(root)]
-        for file in files:
-            if not file.is_file():
-                continue
-            stat = file.stat()
-            h.update(f"{file}:{stat.st_size}".encode())
-            h.update(file.read_bytes() if stat.st_size <= 64 << 20 else str(stat.st_mtime_ns).encode())
-    return h.hexdigest()[:16]
+    options), the content digest of every path (the project's code and shipped weights, the
+    files a configuration names), the library versions and the CPU's flags (the precision
+    "auto" resolves to depends on them)."""
+    return fingerprint(command, versions(), _cpu_flags(),
+                       [content_digest(str(path)) for path in paths])
 
 
 def _cpu_flags() -> str:
