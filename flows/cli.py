@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import shutil
 import sys
-from typing import Any, Callable
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
 from saeuron.config import Config, load_yaml
 from flows.stage import layout_of
+from flows.supervise import supervise, supervised
 from saeuron.run import UPSTREAM, PipelineConfig, RunConfig
 from storage.activations import StoreMismatchError
-from storage.run import RootBusyError
+from storage.run import STAGES, RootBusyError
 
 USER_ERRORS = (ValidationError, ValueError, FileNotFoundError, KeyError, StoreMismatchError,
                RootBusyError)
@@ -30,15 +37,85 @@ def quiet_libraries() -> None:
 def explain(error: Exception) -> str:
     """One readable message for a configuration error (pydantic's lists every bad field)."""
     if isinstance(error, ValidationError):
-        lines = [f"  {'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']} (got {e.get('input')!r})"
+        lines = [f"  {'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}{_got(e.get('input'))}"
                  for e in error.errors()]
         return f"invalid {error.title} configuration:\n" + "\n".join(lines)
     return str(error.args[0]) if error.args else repr(error)
 
 
-def fail(error: Exception) -> None:
-    print(f"error: {explain(error)}", file=sys.stderr)
-    sys.exit(2)
+def _got(value: Any) -> str:
+    """The offending value, unless it is a whole section of the configuration."""
+    text = repr(value)
+    return f" (got {text})" if len(text) <= 120 and not isinstance(value, dict) else ""
+
+
+STAGE_NOTE = "in the {} stage"
+"""Added to an exception (add_note) by the flow that saw a stage raise it."""
+
+
+def stage_of(error: BaseException, default: str | None) -> str | None:
+    for note in getattr(error, "__notes__", []):
+        for stage in STAGES:
+            if note == STAGE_NOTE.format(stage):
+                return stage
+    return default
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def disk_full(error: BaseException, root: str) -> str | None:
+    """The message for an error that a full disk caused (ENOSPC anywhere in its chain, or a
+    failed write where the run root's disk has under 1 MiB left), else None."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return None
+    nospace = [e for e in _chain(error) if isinstance(e, OSError) and e.errno == errno.ENOSPC]
+    if not nospace and not (free < 1 << 20 and isinstance(error, (OSError, RuntimeError))):
+        return None
+    where = next((e.filename for e in nospace if e.filename), None)
+    used = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
+    return (f"no space left on the disk of the run root {root} ({free / 2**20:.1f} MiB free)"
+            + (f" while writing {where}" if where else "")
+            + f"; the run root holds {used / 2**20:.1f} MiB so far. Free some space (or choose a "
+            "root on a larger disk, --root) and run the same command again: the work finished "
+            "before is kept and the run resumes from there.")
+
+
+@contextmanager
+def reported(root: str | None, stage: str | None = None) -> Iterator[None]:
+    """Every failure of a command as one message: a user error (bad input, a busy root, a
+    damaged store) or a full disk exits 2; anything else is internal, exit 1, with its
+    traceback kept in <root>/logs/ for a bug report."""
+    try:
+        yield
+    except Exception as error:
+        where = stage_of(error, stage)
+        prefix = f"error: the {where} stage: " if where else "error: "
+        if root and (full := disk_full(error, root)):
+            print(prefix + full, file=sys.stderr)
+            sys.exit(2)
+        if isinstance(error, USER_ERRORS):
+            print(prefix + explain(error), file=sys.stderr)
+            sys.exit(2)
+        text = "".join(traceback.format_exception(error))
+        log = None
+        if root:
+            try:
+                log = Path(root) / "logs" / f"error-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                log.write_text(text)
+            except OSError:
+                log = None
+        print(f"{prefix}internal error: {type(error).__name__}: {error}\n"
+              + (f"  the traceback is in {log}" if log else text)
+              + "\n  Work finished before it is kept: run the same command again to resume; "
+              "an error that repeats is a bug to report, with that traceback.", file=sys.stderr)
+        sys.exit(1)
 
 
 def run_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
@@ -77,16 +154,15 @@ def run_stage_cli(name: str, flow: Callable, config_cls: type[Config], argv: lis
     if extra:
         extra(parser)
     args = parser.parse_args(argv)
-    try:
+    if not supervised():
+        sys.exit(supervise(f"flows.{name}", sys.argv[1:] if argv is None else argv))
+    with reported(None, name):
         config, run, options = load_stage_config(name, config_cls, args.config)
         given = {"root": args.root, "stores": args.stores, "dask_address": args.dask_address,
                  "shards": args.shards}
         run = run.model_copy(update={k: v for k, v in given.items() if v is not None})
-        with layout_of(run).hold():
-            for stage in UPSTREAM[name]:
-                layout_of(run).upstream(stage, name)
-            result = flow(config, run, force=args.force,
-                          **(options | (kwargs(args) if kwargs else {})))
-    except USER_ERRORS as error:
-        fail(error)
+    with reported(run.root, name), layout_of(run).hold():
+        for stage in UPSTREAM[name]:
+            layout_of(run).upstream(stage, name)
+        result = flow(config, run, force=args.force, **(options | (kwargs(args) if kwargs else {})))
     print({k: result[k] for k in ("stage", "fingerprint", "outputs", "metrics")})

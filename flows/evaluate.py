@@ -10,7 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact,
                                create_table_artifact, update_progress_artifact)
 
-from flows.stage import cached, code_fingerprint, layout_of
+from flows.stage import cached, code_fingerprint, holds_root, layout_of
 from saeuron.run import RunConfig
 from saeuron.threads import torch_threads
 from saeuron.report import report, summarise, table_rows
@@ -21,6 +21,7 @@ from tasks.evaluate import FEATURES, UNEDITED, unedited_target, unlearn_target
 
 
 @flow(name="evaluate")
+@holds_root
 def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConfig(),
              force: bool = False) -> dict:
     """Unlearn every target of `config` and measure it against the unedited baseline (sampled

@@ -13,7 +13,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from flows.stage import cached, layout_of
+from flows.stage import cached, holds_root, layout_of
 from saeuron.harvest import Harvest, HarvestConfig, open_store, prepare
 from saeuron.run import RunConfig
 from storage.activations import ActivationStore
@@ -88,6 +88,7 @@ def repair(layout: RunLayout, splits: list[HarvestConfig]) -> dict[str, list[int
 
 
 @flow(name="harvest")
+@holds_root
 def harvest(config: HarvestConfig = HarvestConfig(), run: RunConfig = RunConfig(),
             score_seeds: int = 1, force: bool = False) -> dict:
     """Harvest the training split (`config`) and the scoring split (`score_seeds` seeds)."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from storage.run import DEFAULT_ROOT, STAGES, RunLayout, inputs_digest
+from saeuron.config import load_yaml
+from flows.supervise import supervise, supervised
+from storage.run import DEFAULT_ROOT, STAGES, RootBusyError, RunLayout, inputs_digest
 
 PROJECT = Path(__file__).resolve().parent.parent
 CODE = [PROJECT / package for package in ("flows", "tasks", "saeuron", "storage")]
@@ -41,18 +43,19 @@ def _paths(data: Any) -> list[Path]:
     return [Path(data)] if isinstance(data, str) and data and os.path.exists(data) else []
 
 
-def digest_and_root(args: argparse.Namespace) -> tuple[str, str] | None:
+def refuse(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def digest_and_root(args: argparse.Namespace) -> tuple[str, str]:
     """The inputs digest of a command (--force aside: a forced run records what an unforced
-    one would replay) and its run root; None where the configuration cannot be read here
-    (the pipeline then reports why)."""
+    one would replay) and its run root; a configuration that is no YAML mapping is a
+    ValueError naming the file and where."""
+    data = load_yaml(args.config) if args.config else {}
     text = Path(args.config).read_text() if args.config else ""
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    root = args.root or (data.get("run") or {}).get("root") or DEFAULT_ROOT
+    run = data.get("run")
+    root = args.root or (run.get("root") if isinstance(run, dict) else None) or DEFAULT_ROOT
     named = [p for p in _paths(data) if p.resolve() != Path(root).resolve()]
     command = {"config": text, "root": str(Path(root).resolve())}
     return inputs_digest(command, CODE + named), root
@@ -60,23 +63,30 @@ def digest_and_root(args: argparse.Namespace) -> tuple[str, str] | None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if args.config and not Path(args.config).is_file():
-        kind = "a folder, not a file" if Path(args.config).is_dir() else "no such file"
-        raise SystemExit(f"error: --config {args.config}: {kind}")
-    known = digest_and_root(args)
-    if known and Path(known[1]).exists() and not Path(known[1]).is_dir():
-        raise SystemExit(f"error: the run root {known[1]} is a file; give a folder (--root)")
-    if known and not args.force and (record := RunLayout(root=known[1]).replay(known[0])):
+    try:
+        known = digest_and_root(args)
+    except (ValueError, OSError) as error:
+        refuse(str(error))
+    if Path(known[1]).exists() and not Path(known[1]).is_dir():
+        refuse(f"the run root {known[1]} is a file; give a folder (--root)")
+    if not args.force and (record := RunLayout(root=known[1]).replay(known[0])):
         print(f"Nothing changed since this command last finished on {known[1]} "
               f"({record['finished']}): every stage is cached, so its result is shown again "
               "without starting Prefect (--force STAGE reruns one).")
         print(record["result"]["text"])
         return
+    if not supervised():
+        if (Path(known[1]) / "manifests").is_dir():
+            try:  # refused before a Prefect server starts; the child takes the lock itself
+                with RunLayout(root=known[1]).hold():
+                    pass
+            except RootBusyError as error:
+                refuse(str(error))
+        raise SystemExit(supervise("flows.launch", sys.argv[1:] if argv is None else argv))
     from flows.pipeline import run_command
 
     result = run_command(args)
-    if known:
-        RunLayout(root=known[1]).record_pipeline(known[0], result)
+    RunLayout(root=known[1]).record_pipeline(known[0], result)
 
 
 if __name__ == "__main__":

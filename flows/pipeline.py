@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.evaluate import evaluate
+from flows.cli import STAGE_NOTE
 from flows.harvest import harvest
 from flows.score import score
 from flows.train import train
@@ -51,7 +52,11 @@ def _pipeline(config: PipelineConfig) -> dict:
             ("evaluate", lambda: evaluate(config.evaluate, config.run, force="evaluate" in force,
                                           return_state=True))):
         state = call()
-        stages[name] = {"state": state.name, **state.result()}
+        try:
+            stages[name] = {"state": state.name, **state.result()}
+        except Exception as error:
+            error.add_note(STAGE_NOTE.format(name))
+            raise
         logger.info(f"{name}: {state.name} ({stages[name]['seconds']} s of work when it ran)")
     table = [{"stage": n, "state": s["state"], "fingerprint": s["fingerprint"],
               "seconds_when_run": s["seconds"]} for n, s in stages.items()]
@@ -73,19 +78,18 @@ def summary_text(result: dict) -> str:
 def run_command(args: argparse.Namespace) -> dict:
     """The pipeline flow for flows.launch's parsed options; prints and returns its result, with
     the printed summary as "text"."""
-    from flows.cli import USER_ERRORS, fail, quiet_libraries
+    from flows.cli import quiet_libraries, reported
 
     quiet_libraries()
-    try:
+    with reported(None):
         config = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
         if args.root:
             config = config.model_copy(update={"run": config.run.model_copy(update={"root": args.root})})
         if args.force:
             config = config.model_copy(update={"force": sorted(set(config.force) | set(args.force))})
         check_pipeline(config)
+    with reported(config.run.root):
         result = pipeline(config)
-    except USER_ERRORS as error:
-        fail(error)
     result["text"] = summary_text(result)
     print(result["text"])
     return result

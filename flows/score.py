@@ -7,7 +7,7 @@ import time
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from flows.stage import cached, code_fingerprint, layout_of
+from flows.stage import cached, code_fingerprint, holds_root, layout_of
 from saeuron.run import RunConfig
 from saeuron.scoring import ScoreConfig
 from storage.run import fingerprint, made
@@ -15,6 +15,7 @@ from tasks.score import score_features
 
 
 @flow(name="score")
+@holds_root
 def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
           force: bool = False) -> dict:
     """Score each domain's SAE on the held-out split into the run's feature stores (one per

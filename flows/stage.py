@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
+import inspect
 import threading
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -15,12 +18,32 @@ from prefect.states import Completed, State
 from saeuron.run import RunConfig
 from storage.run import RunLayout, fingerprint
 
+T = TypeVar("T")
+
 LIBRARY = ("saeuron", "storage", "tasks")
 """Packages whose modules are followed when hashing a stage's code."""
 
 
 def layout_of(run: RunConfig) -> RunLayout:
     return RunLayout(root=run.root, stores=run.stores)
+
+
+def holds_root(body: Callable[..., T]) -> Callable[..., T]:
+    """A stage flow that holds its run root while it runs (RunLayout.hold), so that a stage run
+    from a deployment, too, refuses a root another run is using; reentrant, so the pipeline
+    flow's own hold covers its subflows."""
+    signature = inspect.signature(body)
+
+    @functools.wraps(body)
+    def held(*args: Any, **kwargs: Any) -> T:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with layout_of(bound.arguments["run"]).hold():
+            return body(*args, **kwargs)
+
+    # Prefect resolves the parameters' annotations in the function's module: give it them resolved
+    held.__signature__ = inspect.signature(body, eval_str=True)  # type: ignore[attr-defined]
+    return held
 
 
 def cached(layout: RunLayout, stage: str, fp: str, force: bool) -> State | None:

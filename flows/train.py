@@ -7,7 +7,7 @@ import time
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from flows.stage import cached, code_fingerprint, layout_of
+from flows.stage import cached, code_fingerprint, holds_root, layout_of
 from saeuron.run import RunConfig
 from saeuron.sae_train import SAETrainConfig
 from storage.activations import ActivationStore
@@ -16,6 +16,7 @@ from tasks.train import train_sae
 
 
 @flow(name="train")
+@holds_root
 def train(config: SAETrainConfig = SAETrainConfig(), run: RunConfig = RunConfig(),
           force: bool = False) -> dict:
     """Train the SAE of each of `config.hooks` (resuming from its last checkpoint)."""

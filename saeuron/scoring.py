@@ -30,7 +30,8 @@ from saeuron.intervention import DETECT_AT, DETECT_START, Gate
 from saeuron.minicanvas import OBJECT_HOOK, STYLE_HOOK
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import SweepConfig
-from storage.activations import ActivationStore, StoreCorruptError
+from storage.activations import ActivationStore
+from storage.arrays import StoreCorruptError
 
 EPS = 1e-9
 DOMAINS = ("style", "object")

@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from storage.arrays import CHECKSUM, StoreCorruptError, write_array
 
 DIMS = ("sample", "timestep", "position", "feature")
 LABELS = ("prompt", "object", "style", "template", "seed")
@@ -39,9 +41,6 @@ CODECS: dict[str, list[Any]] = {
 }
 """Compressors a store can use, by name; see bench/store_codecs.py and BENCHMARKS.md. Every
 chunk also carries a CRC32C checksum (CHECKSUM), checked before it is decompressed."""
-CHECKSUM = Crc32cCodec()
-"""Appended to every codec chain: a changed or truncated chunk fails its checksum on reading
-instead of decoding to other values, or crashing the decompressor."""
 DEFAULT_CODEC = "blosc-zstd-bitshuffle"
 """Chosen by measurement on MiniCanvas activations: smallest, and cheaper to write than
 byte-shuffled zstd (BENCHMARKS.md)."""
@@ -49,10 +48,6 @@ byte-shuffled zstd (BENCHMARKS.md)."""
 
 class StoreMismatchError(ValueError):
     """The store at a URL was made with another configuration."""
-
-
-class StoreCorruptError(ValueError):
-    """A unit the store marks as written cannot be read back as it was written."""
 
 
 @dataclass(frozen=True)
@@ -127,17 +122,17 @@ class ActivationStore:
                                dtype=spec.dtype, compressors=[*CODECS[codec], CHECKSUM],
                                fill_value=np.nan, dimension_names=spec.dims(hook),
                                attributes={"coordinates": " ".join(LABELS)})
-        cls._coord(group, "timestep", np.asarray(spec.timesteps, np.int64), "timestep")
-        cls._coord(group, "sample", np.asarray(table.index, np.int64), "sample")
+        write_array(group, "timestep", np.asarray(spec.timesteps, np.int64), ("timestep",))
+        write_array(group, "sample", np.asarray(table.index, np.int64), ("sample",))
         for hook, (positions, _) in spec.hooks.items():
             dim = spec.dims(hook)[2]
             if dim not in group:
-                cls._coord(group, dim, np.arange(positions), dim)
+                write_array(group, dim, np.arange(positions), (dim,))
         for label in LABELS:
             values = table[label].to_numpy()
             if values.dtype != object:
                 values = values.astype(np.int64)
-            cls._coord(group, label, values, "sample")
+            write_array(group, label, values, ("sample",))
         group.create_array("progress/done", shape=(spec.units(n),), chunks=(1,), dtype="uint8",
                            fill_value=0, dimension_names=("unit",))
         group.attrs.update({"hooks": {k: list(v) for k, v in spec.hooks.items()},
@@ -148,13 +143,6 @@ class ActivationStore:
             warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
             zarr.consolidate_metadata(url)
         return cls(zarr.open_group(url, mode="r+", zarr_format=3), url)
-
-    @staticmethod
-    def _coord(group: zarr.Group, name: str, values: np.ndarray, dim: str) -> None:
-        dtype = str if values.dtype == object else values.dtype
-        arr = group.create_array(name, shape=values.shape, dtype=dtype, chunks=values.shape,
-                                 dimension_names=(dim,))
-        arr[...] = values
 
     @classmethod
     def open_existing(cls, url: str) -> "ActivationStore | None":

@@ -17,7 +17,8 @@ Layout (Zarr v3; each domain group opens with `xarray.open_zarr(url, group=domai
     attrs: sae_fingerprint, hook, selection options
 
 The SAE fingerprint (hash of its weights file) ties the store to the SAE it was scored with:
-using it with another SAE is refused.
+using it with another SAE is refused. Every array carries a checksum (storage.arrays): a damaged
+or missing one is a StoreCorruptError naming it, never other numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import zarr
+
+from storage.arrays import read_whole, write_array
 
 DOMAINS = ("style", "object")
 
@@ -62,31 +65,24 @@ class DomainFeatures:
 def write_features(url: str, *, hook: str, sae_fp: str, mean_all: np.ndarray,
                    domains: dict[str, DomainFeatures], attrs: dict[str, Any]) -> None:
     group = zarr.open_group(url, mode="w", zarr_format=3)
-    _array(group, "mean_all", mean_all, ("timestep", "feature"))
+    write_array(group, "mean_all", mean_all, ("timestep", "feature"))
     for name, d in domains.items():
         sub = group.create_group(name)
-        _array(sub, "timestep", np.asarray(d.timesteps, np.int64), ("timestep",))
-        _array(sub, "concept", np.asarray(d.concepts, dtype=object), ("concept",))
+        write_array(sub, "timestep", np.asarray(d.timesteps, np.int64), ("timestep",))
+        write_array(sub, "concept", np.asarray(d.concepts, dtype=object), ("concept",))
         dims = ("concept", "timestep", "feature")
-        _array(sub, "mean", d.mean.astype(np.float32), dims)
-        _array(sub, "score", d.score.astype(np.float32), dims)
-        _array(sub, "selected", d.selected.astype(bool), dims)
-        _array(sub, "count", d.count.astype(np.int64), ("concept",))
-        _array(sub, "multiplier", d.multiplier.astype(np.float32), ("concept",))
-        _array(sub, "gate", np.asarray(d.gate, dtype=object), ("concept",))
+        write_array(sub, "mean", d.mean.astype(np.float32), dims)
+        write_array(sub, "score", d.score.astype(np.float32), dims)
+        write_array(sub, "selected", d.selected.astype(bool), dims)
+        write_array(sub, "count", d.count.astype(np.int64), ("concept",))
+        write_array(sub, "multiplier", d.multiplier.astype(np.float32), ("concept",))
+        write_array(sub, "gate", np.asarray(d.gate, dtype=object), ("concept",))
         if d.detect_at is not None:
-            _array(sub, "detect_at", np.asarray(d.detect_at, np.float32), ("concept",))
+            write_array(sub, "detect_at", np.asarray(d.detect_at, np.float32), ("concept",))
         if d.detect_start is not None:
-            _array(sub, "detect_start", np.asarray(d.detect_start, np.int64), ("concept",))
+            write_array(sub, "detect_start", np.asarray(d.detect_start, np.int64), ("concept",))
     group.attrs.update({**attrs, "hook": hook})
     group.attrs["sae_fingerprint"] = sae_fp
-
-
-def _array(group: zarr.Group, name: str, values: np.ndarray, dims: tuple[str, ...]) -> None:
-    dtype = str if values.dtype == object else values.dtype
-    arr = group.create_array(name, shape=values.shape, dtype=dtype, chunks=values.shape,
-                             dimension_names=dims)
-    arr[...] = values
 
 
 def read_features(url: str, sae_fp: str | None = None) -> tuple[dict[str, Any], np.ndarray,
@@ -102,16 +98,21 @@ def read_features(url: str, sae_fp: str | None = None) -> tuple[dict[str, Any], 
     if sae_fp is not None and attrs["sae_fingerprint"] != sae_fp:
         raise ValueError(f"the feature store {url} was scored with another SAE (fingerprint "
                          f"{attrs['sae_fingerprint'][:12]}, this SAE is {sae_fp[:12]}); score again")
+    way_out = "run the score stage again (the pipeline, or python -m flows.score --force)"
+
+    def read(sub: zarr.Group, name: str) -> np.ndarray | None:
+        return read_whole(sub[name], url, way_out) if name in sub else None
+
     domains = {}
     for name in (d for d in DOMAINS if d in group):
         sub = group[name]
-        concepts = [str(c) for c in sub["concept"][:]]
-        gate = ([str(g) for g in sub["gate"][:]] if "gate" in sub else
-                [attrs.get("config", {}).get("gate", "mean")] * len(concepts))
+        concepts = [str(c) for c in read(sub, "concept")]
+        gate = read(sub, "gate")
         domains[name] = DomainFeatures(
-            concepts=concepts, timesteps=[int(t) for t in sub["timestep"][:]],
-            mean=sub["mean"][:], count=sub["count"][:], score=sub["score"][:],
-            selected=sub["selected"][:], multiplier=sub["multiplier"][:], gate=gate,
-            detect_at=sub["detect_at"][:] if "detect_at" in sub else None,
-            detect_start=sub["detect_start"][:] if "detect_start" in sub else None)
-    return attrs, group["mean_all"][:], domains
+            concepts=concepts, timesteps=[int(t) for t in read(sub, "timestep")],
+            mean=read(sub, "mean"), count=read(sub, "count"), score=read(sub, "score"),
+            selected=read(sub, "selected"), multiplier=read(sub, "multiplier"),
+            gate=([str(g) for g in gate] if gate is not None else
+                  [attrs.get("config", {}).get("gate", "mean")] * len(concepts)),
+            detect_at=read(sub, "detect_at"), detect_start=read(sub, "detect_start"))
+    return attrs, read(group, "mean_all"), domains

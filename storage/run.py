@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
+
+log = logging.getLogger("saeuron.storage")
+"""Warnings about damaged state (shown in Prefect's run logs: PREFECT_LOGGING_EXTRA_LOGGERS)."""
 
 LIBRARIES = ("saeuron", "torch", "diffusers", "transformers", "zarr", "dask", "prefect")
 STAGES = ("harvest", "train", "score", "evaluate")
@@ -101,10 +105,13 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any | None:
     """A JSON file's contents, or None if it is missing or unreadable (a resume file damaged:
-    the work it records is done again)."""
+    the work it records is done again, with a warning naming it)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        log.warning(f"{path} cannot be read ({error}); taken as absent, its work is done again")
         return None
 
 
@@ -197,7 +204,8 @@ class RunLayout:
         as it made them (their digests); None too if the manifest is damaged (then it runs)."""
         try:
             manifest = self.read_manifest(stage)
-        except ManifestError:
+        except ManifestError as error:
+            log.warning(str(error))
             return None
         if manifest is None or manifest["fingerprint"] != fp:
             return None

@@ -19,7 +19,8 @@ from saeuron.harvest import HarvestConfig, open_store, prepare, run_units
 from saeuron.pipeline import load_pipeline
 from saeuron.run import RunConfig
 from saeuron.sampling import ddim_scheduler, initial_latents, sample, schedule_timesteps
-from storage.activations import ActivationStore, StoreCorruptError, StoreMismatchError
+from storage.activations import ActivationStore, StoreMismatchError
+from storage.arrays import StoreCorruptError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "up_blocks.1.attentions.1"

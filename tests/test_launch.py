@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from flows.launch import digest_and_root, parser
 from storage.run import STAGES, RunLayout
 
@@ -32,7 +34,8 @@ def test_digest_follows_the_configuration_and_the_files_it_names(tmp_path):
     config.write_text(config.read_text() + "score_seeds: 2\n")
     assert digest_and_root(args)[0] != changed, "changed configuration"
     config.write_text("run: [unclosed\n")
-    assert digest_and_root(args) is None, "unreadable: the pipeline explains, not the launcher"
+    with pytest.raises(ValueError, match=r"c.yaml is not valid YAML at line 2, column 1"):
+        digest_and_root(args)
 
 
 def test_replay_needs_the_same_digest_and_every_stage_still_complete(tmp_path):
@@ -51,15 +54,16 @@ def test_replay_needs_the_same_digest_and_every_stage_still_complete(tmp_path):
     assert json.loads(layout.manifest_path("train").read_text())["fingerprint"] == "fp-train"
 
 
-def test_bad_paths_are_one_message_before_anything_starts(tmp_path):
-    import pytest
-
+def test_bad_paths_are_one_message_before_anything_starts(tmp_path, capsys):
     from flows.launch import main
 
-    with pytest.raises(SystemExit, match="a folder, not a file"):
-        main(["--config", str(tmp_path)])
-    with pytest.raises(SystemExit, match="no such file"):
-        main(["--config", str(tmp_path / "missing.yaml")])
     (tmp_path / "file").write_text("")
-    with pytest.raises(SystemExit, match="is a file; give a folder"):
-        main(["--root", str(tmp_path / "file")])
+    (tmp_path / "tab.yaml").write_text("run:\n\troot: x\n")
+    for argv, message in ((["--config", str(tmp_path)], "(it is a folder)"),
+                          (["--config", str(tmp_path / "missing.yaml")], "no such configuration file"),
+                          (["--config", str(tmp_path / "tab.yaml")], "tab.yaml is not valid YAML at line 2, column 1"),
+                          (["--root", str(tmp_path / "file")], "is a file; give a folder")):
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        assert exit.value.code == 2, argv
+        assert message in capsys.readouterr().err

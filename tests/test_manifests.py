@@ -29,7 +29,7 @@ def test_downstream_fingerprints_follow_what_an_upstream_stage_made(tmp_path):
     assert content_digest(str(tmp_path / "gone")) == "missing"
 
 
-def test_damaged_state_files_rerun_their_work_and_name_themselves(tmp_path):
+def test_damaged_state_files_rerun_their_work_and_name_themselves(tmp_path, caplog):
     import pytest
 
     from storage.run import ManifestError
@@ -40,14 +40,16 @@ def test_damaged_state_files_rerun_their_work_and_name_themselves(tmp_path):
     layout.finish("score", "fp", {"style": str(out)}, {}, 1.0, {})
     for garbage in ("{not json", "{}", ""):
         layout.manifest_path("score").write_text(garbage)
+        caplog.clear()
         assert layout.complete("score", "fp") is None, "a damaged manifest: the stage runs"
+        assert "score.json is damaged" in caplog.text, "with a warning naming it"
         with pytest.raises(ManifestError, match=r"score.json is damaged.*run the score stage"):
             layout.upstream("score", "evaluate")
     assert layout.begin("score", "fp", [str(out)]) is True, "its outputs are cleared"
     assert not out.exists()
 
 
-def test_resume_files_cut_short_by_a_kill_read_as_not_done(tmp_path):
+def test_resume_files_cut_short_by_a_kill_read_as_not_done(tmp_path, caplog):
     from storage.run import read_json, write_json
 
     path = tmp_path / "eval" / "sketch" / "metrics.json"
@@ -56,10 +58,12 @@ def test_resume_files_cut_short_by_a_kill_read_as_not_done(tmp_path):
     assert not list(path.parent.glob("*.tmp")), "written through a temporary file"
     for cut in ("", '{"fingerprint": "fp", "ro'):
         path.write_text(cut)
+        caplog.clear()
         assert read_json(path) is None
+        assert f"{path} cannot be read" in caplog.text
 
 
-def test_one_process_at_a_time_holds_a_run_root(tmp_path):
+def test_one_process_at_a_time_holds_a_run_root(tmp_path, prefect_api):
     import signal
     import subprocess
     import sys
@@ -77,6 +81,11 @@ def test_one_process_at_a_time_holds_a_run_root(tmp_path):
         with pytest.raises(RootBusyError, match=rf"in use by pid {holder.pid} .*--root"):
             with RunLayout(root=str(tmp_path)).hold():
                 pass
+        from flows.train import train
+        from saeuron.run import RunConfig
+
+        with pytest.raises(RootBusyError, match=f"in use by pid {holder.pid}"):  # a deployment's run
+            train(run=RunConfig(root=str(tmp_path)))
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()

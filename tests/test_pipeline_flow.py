@@ -156,24 +156,44 @@ def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:
     raise AssertionError(f"the pipeline ended (rc {proc.poll()}) before it was {what}")
 
 
-def test_killed_pipeline_resumes_to_the_same_metrics(fresh_pipeline_dir, tmp_path, prefect_api):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    configs = {}
-    for name in ("whole", "killed"):
-        configs[name] = tmp_path / f"{name}.yaml"
-        configs[name].write_text(small(fresh_pipeline_dir, tmp_path / name, n_seeds=8,
-                                       epochs=8).to_yaml())
-    subprocess.run(_run(configs["whole"]), cwd=ROOT, env=env, check=True, capture_output=True)
-    text = json.loads((tmp_path / "whole" / "manifests" / "pipeline.json").read_text())["result"]["text"]
-    again = subprocess.run(_run(configs["whole"]), cwd=ROOT, env=env, check=True,
+@pytest.fixture(scope="module")
+def whole(fresh_pipeline_dir, tmp_path_factory, prefect_api) -> Path:
+    """The root of an uninterrupted run of the faults' configuration (written by the launcher
+    in a subprocess), which every interrupted run must end equal to."""
+    tmp = tmp_path_factory.mktemp("whole")
+    config = tmp / "whole.yaml"
+    config.write_text(small(fresh_pipeline_dir, tmp / "run", n_seeds=8, epochs=8).to_yaml())
+    subprocess.run(_run(config), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    return tmp / "run"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _config(fresh_pipeline_dir, root: Path, folder: Path | None = None) -> Path:
+    config = (folder or root.parent) / f"{root.name}.yaml"
+    config.write_text(small(fresh_pipeline_dir, root, n_seeds=8, epochs=8).to_yaml())
+    return config
+
+
+def _manifest(root: Path, stage: str) -> dict:
+    return json.loads((root / "manifests" / f"{stage}.json").read_text())
+
+
+def assert_same_result(root: Path, whole: Path) -> None:
+    for stage in ("train", "evaluate"):
+        assert _manifest(root, stage)["metrics"] == _manifest(whole, stage)["metrics"] \
+            | ({"report": str(root / "eval" / "report.md")} if stage == "evaluate" else {})
+
+
+def test_killed_pipeline_resumes_to_the_same_metrics(fresh_pipeline_dir, tmp_path, whole):
+    config = whole.parent / "whole.yaml"
+    text = _manifest(whole, "pipeline")["result"]["text"]
+    again = subprocess.run(_run(config), cwd=ROOT, env=_env(), check=True,
                            capture_output=True, text=True)
     assert again.stdout.startswith("Nothing changed") and text in again.stdout, \
         "a rerun with nothing changed replays the recorded result"
-    remove(str(tmp_path / "whole" / "features" / f"{HOOK}.zarr"))
-    third = subprocess.run(_run(configs["whole"]), cwd=ROOT, env=env, check=True,
-                           capture_output=True, text=True)
-    assert "Nothing changed" not in third.stdout and "| score | Completed |" in third.stdout, \
-        "a missing output is made again by the flow, never replayed"
 
     killed = tmp_path / "killed"
     store = killed / "activations" / "harvest.zarr"
@@ -187,19 +207,99 @@ def test_killed_pipeline_resumes_to_the_same_metrics(fresh_pipeline_dir, tmp_pat
         return checkpoint.is_file() and torch.load(checkpoint, weights_only=False)["step"] >= 6
 
     for ready, what in ((mid_harvest, "mid-harvest"), (mid_training, "mid-training")):
-        proc = subprocess.Popen(_run(configs["killed"]), cwd=ROOT, env=env,
+        proc = subprocess.Popen(_run(_config(fresh_pipeline_dir, killed)), cwd=ROOT, env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _kill_when(proc, ready, what)
     assert ActivationStore.open(str(store)).missing_units() == []
     assert not (killed / "manifests" / "train.json").exists(), "killed before training ended"
-    subprocess.run(_run(configs["killed"]), cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(_run(_config(fresh_pipeline_dir, killed)), cwd=ROOT, env=_env(), check=True,
+                   capture_output=True)
+    assert_same_result(killed, whole)
+    remove(str(whole / "features" / f"{HOOK}.zarr"))
+    third = subprocess.run(_run(config), cwd=ROOT, env=_env(), check=True,
+                           capture_output=True, text=True)
+    assert "Nothing changed" not in third.stdout and "| score | Completed |" in third.stdout, \
+        "a missing output is made again by the flow, never replayed"
 
-    def manifest(root: Path, stage: str) -> dict:
-        return json.loads((root / "manifests" / f"{stage}.json").read_text())
 
+def _processes_with(marker: str) -> list[int]:
+    """Processes whose environment holds `marker` (a test's own PREFECT_HOME)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_crash_is_one_message_and_leaves_no_server_and_a_second_run_is_refused(
+        fresh_pipeline_dir, tmp_path, whole):
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in _env().items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(home)}
+    root = tmp_path / "run"
+    config = _config(fresh_pipeline_dir, root)
+    first = subprocess.Popen(_run(config), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    store = root / "activations" / "harvest.zarr"
+    deadline = time.time() + 300
+    lock = root / "manifests" / ".lock"
+    while not (store.exists() and lock.exists() and lock.read_text()):
+        assert time.time() < deadline and first.poll() is None, "the first run never harvested"
+        time.sleep(0.1)
+    second = subprocess.run(_run(config), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert second.returncode == 2 and "is in use by pid" in second.stderr, second.stderr[-1000:]
+    assert "Traceback" not in second.stderr
+    (child,) = [p for p in _processes_with(str(home)) if b"flows.launch" in
+                Path(f"/proc/{p}/cmdline").read_bytes() and p != first.pid
+                and b"SAEURON_SUPERVISED" in Path(f"/proc/{p}/environ").read_bytes()]
+    os.kill(child, signal.SIGSEGV)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 1
+    assert err.strip().splitlines()[-1].startswith("error: the flows.launch process crashed"), err[-2000:]
+    assert _processes_with(str(home)) == [], "the run's Prefect server is stopped"
+    subprocess.run(_run(config), cwd=ROOT, env=env, check=True, capture_output=True)
+    assert_same_result(root, whole)
+    assert _processes_with(str(home)) == []
+
+
+def _mount_namespace() -> list[str] | None:
+    """How to run a command where it may mount a tmpfs: unshare's mount namespace (as root, or
+    in a user namespace of its own); None where neither is allowed."""
+    for prefix in (["unshare", "-m"], ["unshare", "-rm"]):
+        try:
+            if subprocess.run(prefix + ["sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+                              capture_output=True).returncode == 0:
+                return prefix
+        except FileNotFoundError:
+            return None
+    return None
+
+
+def test_a_full_disk_is_one_message_and_the_rerun_after_freeing_space_is_whole(
+        fresh_pipeline_dir, tmp_path, whole):
+    namespace = _mount_namespace()
+    if namespace is None:
+        pytest.skip("no mount namespace here (unshare -m / -rm) to make a small disk in")
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir(), out.mkdir()
+    config = _config(fresh_pipeline_dir, disk / "run", tmp_path)
+    command = " ".join(_run(config))
+    script = (f"mount -t tmpfs -o size=2m tmpfs {disk} && "
+              f"{{ {command} 2> {out}/full.err; echo $? > {out}/full.rc; }} ; "
+              f"mount -o remount,size=64m tmpfs {disk} && {command} > {out}/freed.out 2>&1; "
+              f"echo $? > {out}/freed.rc; cp -a {disk}/run {out}/run")
+    subprocess.run(namespace + ["sh", "-c", script], cwd=ROOT, env=_env(), check=True,
+                   timeout=900)
+    err = (out / "full.err").read_text()
+    assert (out / "full.rc").read_text().strip() == "2", err[-2000:]
+    assert err.strip().splitlines()[-1].startswith(
+        f"error: the harvest stage: no space left on the disk of the run root {disk / 'run'}")
+    assert (out / "freed.rc").read_text().strip() == "0", (out / "freed.out").read_text()[-2000:]
     for stage in ("train", "evaluate"):
-        assert manifest(killed, stage)["metrics"] == manifest(tmp_path / "whole", stage)["metrics"] \
-            | ({"report": str(killed / "eval" / "report.md")} if stage == "evaluate" else {})
+        assert _manifest(out / "run", stage)["metrics"] == _manifest(whole, stage)["metrics"] \
+            | ({"report": str(disk / "run" / "eval" / "report.md")} if stage == "evaluate" else {})
 
 
 @pytest.mark.parametrize("change, message", [

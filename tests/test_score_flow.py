@@ -8,6 +8,7 @@ import xarray as xr
 from saeuron.run import RunConfig
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.scoring import DomainHooks, DomainSweeps, ScoreConfig
+from storage.arrays import StoreCorruptError
 from storage.features import read_features, sae_fingerprint
 from stores import HOOK, as_harvested, synthetic_store
 
@@ -44,3 +45,22 @@ def test_score_flow_writes_the_feature_store(tmp_path, prefect_api):
         read_features(out, "0" * 64)
     with pytest.raises(ValueError, match="unknown concept 'baroque'"):
         style.index("baroque")
+
+    chunks = {name: tmp_path / "features" / f"{HOOK}.zarr" / "style" / name / "c" / "0" / "0" / "0"
+              for name in ("mean", "score", "selected")}
+    for name, what in (("mean", "fails its checksum"), ("score", "fails its checksum"),
+                       ("selected", "is missing")):
+        original = chunks[name].read_bytes()
+        if name == "mean":  # one bit
+            chunks[name].write_bytes(original[:40] + bytes([original[40] ^ 1]) + original[41:])
+        elif name == "score":  # truncated
+            chunks[name].write_bytes(original[:5])
+        else:
+            chunks[name].unlink()
+        with pytest.raises(StoreCorruptError, match=rf"style/{name} {what}.*score stage again"):
+            read_features(out, fp)
+        if name != "selected":
+            chunks[name].write_bytes(original)
+    again = score(config, RunConfig(root=str(tmp_path)))
+    assert again["finished"] != manifest["finished"], "a damaged feature store is scored again"
+    assert np.array_equal(read_features(out, fp)[2]["style"].score, style.score)
