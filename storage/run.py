@@ -33,6 +33,8 @@ from typing import Any, Iterator
 
 import fsspec
 
+from storage.arrays import StoreCorruptError
+
 log = logging.getLogger("saeuron.storage")
 """Warnings about damaged state (shown in Prefect's run logs: PREFECT_LOGGING_EXTRA_LOGGERS)."""
 
@@ -209,11 +211,14 @@ class RunLayout:
             return None
         if manifest is None or manifest["fingerprint"] != fp:
             return None
-        if not all(self.owns(p) and exists(p) for p in manifest["outputs"].values()):
-            return None
+        return None if self.changed(manifest) else manifest
+
+    def changed(self, manifest: dict) -> list[str]:
+        """The outputs of a manifest that are not as its stage made them: another root's,
+        missing, or with another digest than the one recorded."""
         digests = manifest.get("digests", {})
-        changed = [k for k, d in digests.items() if content_digest(manifest["outputs"][k]) != d]
-        return None if changed else manifest
+        return [p for k, p in manifest["outputs"].items()
+                if not (self.owns(p) and exists(p)) or (k in digests and content_digest(p) != digests[k])]
 
     def upstream(self, stage: str, needed_by: str) -> dict:
         """The manifest of a finished upstream stage, or a clear error naming what to run."""
@@ -227,6 +232,12 @@ class RunLayout:
         if missing:
             raise FileNotFoundError(f"{needed_by} needs the {stage} stage's outputs, but "
                                     f"{', '.join(missing)} no longer exist: run {stage} again")
+        if changed := self.changed(manifest):
+            raise StoreCorruptError(
+                f"{needed_by} needs the {stage} stage's outputs as it made them, but "
+                f"{', '.join(dict.fromkeys(changed))} changed since it finished (damaged, or "
+                f"written by something else): run {stage} again (the pipeline does so by "
+                "itself; a harvest re-harvests just the damaged units)")
         return manifest
 
     def begin(self, stage: str, fp: str, outputs: list[str], force: bool = False) -> bool:

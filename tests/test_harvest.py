@@ -21,6 +21,7 @@ from saeuron.run import RunConfig
 from saeuron.sampling import ddim_scheduler, initial_latents, sample, schedule_timesteps
 from storage.activations import ActivationStore, StoreMismatchError
 from storage.arrays import StoreCorruptError
+from storage.run import RunLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "up_blocks.1.attentions.1"
@@ -170,6 +171,9 @@ def test_damaged_chunks_are_detected_and_reharvested(fresh_pipeline_dir, tmp_pat
         with pytest.raises(StoreCorruptError, match=f"write unit {unit} of {HOOK} {what}"):
             store.read_unit(HOOK, unit)
     assert store.damaged_units() == [0, 1, 2]
+    with pytest.raises(StoreCorruptError, match=r"train needs the harvest stage's outputs as it "
+                                                r"made them, but .*harvest.zarr changed"):
+        RunLayout(root=str(tmp_path)).upstream("harvest", "train")  # before training deletes anything
     again = harvest(cfg, run, score_seeds=1)
     assert again["metrics"]["harvest_samples"] == 8, "ran, not cached"
     assert ActivationStore.open(url).damaged_units() == []
