@@ -222,6 +222,26 @@ def test_killed_pipeline_resumes_to_the_same_metrics(fresh_pipeline_dir, tmp_pat
         "a missing output is made again by the flow, never replayed"
 
 
+def test_the_readmes_python_example_unlearns_from_a_finished_run(whole):
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("<!-- python-example")[1].split("```python\n")[1].split("```")[0]
+    assert len(example.strip().splitlines()) <= 5
+    names = {}
+    exec(example.replace("runs/default", str(whole)).replace("sketch", "sunset"), names)
+    model, images = names["model"], names["images"]
+    assert images.shape == (1, 32, 32, 3) and images.dtype == np.uint8
+    assert model.concepts() == {"style": ["none", "pop", "sunset"], "object": ["circle", "moon", "star"]}
+    plain = model.sample(["a star in sunset style"], seeds=[0])
+    assert np.array_equal(plain, images), "an untrained model: its detector sees no sunset"
+    edited = model.sample(["a star in sunset style"], seeds=[0], unlearn=["sunset"], gate="mean")
+    assert not np.array_equal(edited, plain), "edited where the concept's mean is exceeded"
+    both = model.sample(["a star in sunset style"], seeds=[0], unlearn=["sunset", "star"],
+                        gate="mean")
+    assert not np.array_equal(both, edited), "a style and an object, each at its block"
+    with pytest.raises(ValueError, match="unknown concept 'baroque'; this run can unlearn styles"):
+        model.sample(["a star"], seeds=[0], unlearn=["baroque"])
+
+
 def _processes_with(marker: str) -> list[int]:
     """Processes whose environment holds `marker` (a test's own PREFECT_HOME)."""
     found = []
