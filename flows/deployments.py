@@ -5,7 +5,7 @@
 
 The pipeline deployment runs on a cron schedule; each stage has its own deployment for reruns
 of a single stage. Parameters come from the pipeline configuration's sections, so the UI's
-forms start from the same values as `python -m flows.pipeline`.
+forms start from the same values as `python -m flows.launch`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The pipeline's command line: `python -m flows.launch` (what `python3 dev.py run` calls) takes
-the options of `python -m flows.pipeline` and, when nothing the result depends on changed since
+the pipeline's options and, when nothing the result depends on changed since
 the last command on that root finished, prints that result again within a second or two,
 without importing torch or starting Prefect. Otherwise it runs the pipeline flow, whose stages
 are each cached as always, and records the result.

@@ -1,9 +1,7 @@
 """The pipeline flow: harvest -> train -> score -> evaluate as subflows, each cached.
 
-    python -m flows.pipeline [--config configs/pipeline.yaml] [--root runs/default] [--force score]
-
-(its command line is flows.launch's, which answers a rerun in which nothing changed from the
-run's record without importing this module)
+Its command line is flows.launch's (`python -m flows.launch`), which answers a rerun in which
+nothing changed from the run's record without importing this module.
 """
 
 from __future__ import annotations
@@ -93,9 +91,3 @@ def run_command(args: argparse.Namespace) -> dict:
     result["text"] = summary_text(result)
     print(result["text"])
     return result
-
-
-if __name__ == "__main__":
-    from flows.launch import main
-
-    main()
