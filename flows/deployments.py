@@ -4,7 +4,9 @@
     python -m flows.deployments write                                    # regenerate prefect.yaml
 
 The pipeline deployment runs on a cron schedule; each stage has its own deployment for reruns
-of a single stage. Parameters come from the pipeline configuration's sections, so the UI's
+of a single stage. `prefect deploy --all` names them `<flow>/<flow>` (run by a worker of the
+`saeuron` pool); served ones are `<flow>/served` (run by the serving process, paused by Prefect
+when it stops), so that serving never takes over or pauses the deployed ones. Parameters come from the pipeline configuration's sections, so the UI's
 forms start from the same values as `python -m flows.launch`.
 """
 
@@ -21,6 +23,8 @@ from saeuron.run import PipelineConfig
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/pipeline.yaml"
 POOL = "saeuron"
+SERVED = "served"
+"""The name of every served deployment (deployed ones are named after their flow)."""
 CRON = "0 3 * * *"
 """Nightly at 03:00 (server time): a scheduled rerun costs seconds while nothing changed."""
 ENTRYPOINTS = {"pipeline": "flows/pipeline.py:pipeline", "harvest": "flows/harvest.py:harvest",
@@ -86,7 +90,7 @@ def serve(config: PipelineConfig) -> None:
     flows = {"pipeline": pipeline, "harvest": harvest, "train": train, "score": score,
              "evaluate": evaluate}
     prefect_serve(*[flows[name].to_deployment(
-        name=name, description=DESCRIPTIONS[name], parameters=params,
+        name=SERVED, description=DESCRIPTIONS[name], parameters=params,
         cron=CRON if name == "pipeline" else None) for name, params in parameters(config).items()])
 
 

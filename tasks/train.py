@@ -7,6 +7,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from tasks import artifact_key
+
 from saeuron.sae_train import SAETrainConfig, SAETrainer
 from storage.activations import ActivationStore
 
@@ -18,6 +20,7 @@ def train_sae(store_url: str, config: SAETrainConfig, hook: str, out_dir: str) -
     folder = Path(out_dir) / hook
     trainer = SAETrainer(ActivationStore.open(store_url), config, hook, folder, log=logger.info)
     progress = create_progress_artifact(100.0 * trainer.step / trainer.total_steps,
+                                        key=artifact_key("train", hook, "progress"),
                                         description=f"SAE training of {hook}")
 
     def report(step: int, total: int, record: dict) -> None:

@@ -1,10 +1,12 @@
 """Deployments: prefect.yaml follows configs/pipeline.yaml, `prefect deploy --all` succeeds
-against a real server, and a stage's deployment runs on a process worker."""
+against a real server, serving beside it leaves the deployed ones alone, and a stage's
+deployment runs on a process worker."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -35,6 +37,15 @@ def _prefect(*args: str, env: dict, timeout: int = 300) -> str:
     return out.stdout
 
 
+def _deployment(client, name: str):
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return None
+
+
 def test_deploy_all_and_run_a_stage_on_a_process_worker(tmp_path, prefect_api):
     from prefect.client.orchestration import get_client
 
@@ -46,6 +57,23 @@ def test_deploy_all_and_run_a_stage_on_a_process_worker(tmp_path, prefect_api):
     with get_client(sync_client=True) as client:
         pipeline = client.read_deployment_by_name("pipeline/pipeline")
         assert [s.schedule.cron for s in pipeline.schedules] == ["0 3 * * *"]
+    served = subprocess.Popen([sys.executable, "-m", "flows.deployments", "serve"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with get_client(sync_client=True) as client:
+            deadline = time.time() + 300
+            while not _deployment(client, "score/served"):
+                assert served.poll() is None and time.time() < deadline, "serve never registered"
+                time.sleep(0.5)
+    finally:
+        served.terminate()
+        served.wait(timeout=60)
+    with get_client(sync_client=True) as client:
+        for name in ("pipeline", "harvest", "train", "score", "evaluate"):
+            deployment = client.read_deployment_by_name(f"{name}/{name}")
+            assert not deployment.paused and deployment.entrypoint.startswith("flows/"), \
+                f"serving left {name}/{name} as deploy made it"
+        assert all(s.active for s in client.read_deployment_by_name("pipeline/pipeline").schedules)
 
     store = str(tmp_path / "acts.zarr")
     synthetic_store(store, n=24)

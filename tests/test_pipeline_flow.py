@@ -82,6 +82,9 @@ def test_pipeline_caches_and_reruns_only_downstream(fresh_pipeline_dir, tmp_path
         markdown = latest_artifact(client, "unlearning-report")
         assert markdown.type == "markdown" and markdown.data.count("data:image/jpeg;base64,") == 7
         assert latest_artifact(client, "evaluate-progress").data == 100.0
+        for hook in (HOOK, "up_blocks.0.attentions.0"):  # each SAE's training, keyed by its block
+            assert latest_artifact(client, "train-" + hook.replace("_", "-").replace(".", "-")
+                                   + "-progress").data == 100.0
 
     sae_file = tmp_path / "run" / "sae" / HOOK / "sae.safetensors"
     stamp = sae_file.stat().st_mtime_ns
