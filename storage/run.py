@@ -232,6 +232,11 @@ class RunLayout:
         if missing:
             raise FileNotFoundError(f"{needed_by} needs the {stage} stage's outputs, but "
                                     f"{', '.join(missing)} no longer exist: run {stage} again")
+        if foreign := [p for p in manifest["outputs"].values() if not self.owns(p)]:
+            raise FileNotFoundError(
+                f"{needed_by} needs the {stage} stage's outputs in this run, but its manifest "
+                f"names {', '.join(dict.fromkeys(foreign))}, outside {self.root} and its stores "
+                f"(a copied root names the original's): run {stage} again on this root")
         if changed := self.changed(manifest):
             raise StoreCorruptError(
                 f"{needed_by} needs the {stage} stage's outputs as it made them, but "

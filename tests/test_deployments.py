@@ -75,7 +75,7 @@ def test_deploy_all_and_run_a_stage_on_a_process_worker(tmp_path, prefect_api):
                 f"serving left {name}/{name} as deploy made it"
         assert all(s.active for s in client.read_deployment_by_name("pipeline/pipeline").schedules)
 
-    store = str(tmp_path / "acts.zarr")
+    store = str(tmp_path / "run" / "acts.zarr")
     synthetic_store(store, n=24)
     layout = as_harvested(tmp_path / "run", store)
     torch.manual_seed(0)

@@ -106,6 +106,12 @@ def test_a_copied_root_does_not_take_the_originals_outputs_for_its_own(tmp_path)
     shutil.rmtree(tmp_path / "b" / "sae")
     assert original.complete("train", "fp") is not None
     assert RunLayout(root=str(tmp_path / "b")).complete("train", "fp") is None
+    other = RunLayout(root=str(tmp_path / "c"))  # a manifest naming another root's output
+    other.finish("train", "fp", {"sae": str(out)}, {}, 1.0, {})
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match=r"names .*/a/sae, outside .*/c and its stores"):
+        other.upstream("train", "score")
     remote = RunLayout(root=str(tmp_path / "a"), stores="s3://bucket/run")
     assert remote.owns("s3://bucket/run/activations/harvest.zarr")
     assert not remote.owns("s3://bucket/other/activations/harvest.zarr")
