@@ -19,12 +19,12 @@ from saeuron.pipeline import load_pipeline
 from saeuron.run import PipelineConfig
 from saeuron.sae import SparseAutoencoder
 from saeuron.scoring import concept_means
+from saeuron.selection import select
 from saeuron.sweep import sweep_concept
 from saeuron.threads import torch_threads
 from saeuron.unlearning import concept_edit
 from storage.activations import ActivationStore
 from storage.run import RunLayout
-from tasks.score import select
 
 SAMPLED = [0]
 

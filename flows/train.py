@@ -25,9 +25,7 @@ def train(config: SAETrainConfig = SAETrainConfig(), run: RunConfig = RunConfig(
     upstream = layout.upstream("harvest", "train")
     store_url = upstream["outputs"]["harvest"]
     store = ActivationStore.open(store_url)
-    missing = [h for h in config.hooks if h not in store.spec.hooks]
-    if missing:
-        raise ValueError(f"{store_url} has no hook {missing[0]!r}; it holds {sorted(store.spec.hooks)}")
+    store.require_hooks(config.hooks)
     fp = fingerprint("train", code_fingerprint("train"),
                      config.model_dump(mode="json"), made(upstream))
     if hit := cached(layout, "train", fp, force):

@@ -16,8 +16,8 @@ import pandas as pd
 
 from saeuron.minicanvas import prompts as mc_prompts
 from saeuron.minicanvas import render as mc_render
+from saeuron.names import NO_STYLE
 
-NO_STYLE = "none"
 COLUMNS = ("prompt", "object", "style", "template", "seed")
 
 

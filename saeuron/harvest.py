@@ -28,8 +28,8 @@ from saeuron.sampling import Precision, resolve_precision, sample, schedule_time
 from saeuron.threads import torch_threads
 from storage.activations import ActivationStore, StoreSpec
 from storage.run import content_digest
+from saeuron.names import SPLIT_SEED_BASE
 
-SPLIT_SEED_BASE = {"harvest": 0, "score": 100_000, "eval": 1_000_000}
 """First seed of each split: splits never share a seed (eval matches MiniCanvas's judge seeds)."""
 
 

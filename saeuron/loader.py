@@ -23,9 +23,7 @@ class VectorStream:
     def __init__(self, store: ActivationStore, hook: str, *, batch_size: int,
                  buffer_size: int = 1 << 16, seed: int = 0, samples: np.ndarray | None = None,
                  timesteps: list[int] | None = None, prefetch: int = 2):
-        if hook not in store.spec.hooks:
-            raise ValueError(f"the activation store has no hook {hook!r}; it holds "
-                             f"{sorted(store.spec.hooks)}")
+        store.require_hooks([hook])
         if timesteps is not None:
             bad = [t for t in timesteps if t not in store.spec.timesteps]
             if bad or not timesteps:

@@ -30,11 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saeuron.grid import NO_STYLE
+from saeuron.names import DOMAINS, NO_STYLE
 
 METRICS = ("UA", "IRA", "CRA", "kept", "CRA_grid")
 """What `outcomes` counts, in table order."""
-DOMAINS = ("style", "object")
 BOOTSTRAP = 10_000
 """Resamples of the bootstrap intervals."""
 

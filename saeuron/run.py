@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from saeuron.config import Config
-from saeuron.grid import NO_STYLE
+from saeuron.names import NO_STYLE
 from saeuron.harvest import HarvestConfig, prepare
 from saeuron.sae import SAEConfig
 from saeuron.sae_train import SAETrainConfig

@@ -104,9 +104,7 @@ class SAETrainer:
                  workdir: str | Path, log: Callable[[str], None] = print):
         self.cfg, self.store, self.hook, self.log = cfg, store, hook, log
         self.workdir = Path(workdir)
-        if hook not in store.spec.hooks:
-            raise ValueError(f"the activation store has no hook {hook!r}; it holds "
-                             f"{sorted(store.spec.hooks)}")
+        store.require_hooks([hook])
         d_in = store.spec.hooks[hook][1]
         self.sae_cfg = SAEConfig(d_in=d_in, expansion_factor=cfg.expansion_factor, k=cfg.k,
                                  aux_k=cfg.aux_k, aux_coef=cfg.aux_coef)

@@ -32,9 +32,9 @@ from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import SweepConfig
 from storage.activations import ActivationStore
 from storage.arrays import StoreCorruptError
+from saeuron.names import DOMAINS
 
 EPS = 1e-9
-DOMAINS = ("style", "object")
 Contrast = Literal["mean", "max"]
 
 
@@ -102,9 +102,7 @@ def _encode_chunk(block: np.ndarray, sae: SparseAutoencoder, where: str = "") ->
 
 def encoded_means(store: ActivationStore, hook: str, sae: SparseAutoencoder) -> da.Array:
     """Lazy (sample, timestep, latent) position-averaged latents, one task per store chunk."""
-    if hook not in store.spec.hooks:
-        raise ValueError(f"the activation store has no hook {hook!r}; it holds "
-                         f"{sorted(store.spec.hooks)}")
+    store.require_hooks([hook])
     width = store.spec.hooks[hook][1]
     if width != sae.cfg.d_in:
         raise ValueError(f"hook {hook!r} has width {width} but the SAE takes {sae.cfg.d_in}")

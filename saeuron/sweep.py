@@ -37,14 +37,15 @@ from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.data import ALL_STYLES, cells
 from saeuron.minicanvas.prompts import prompt_for
 from saeuron.minicanvas.render import OBJECTS
+from saeuron.names import SPLIT_SEED_BASE
 from saeuron.pipeline import Pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sampling import Precision
 
 Metric = Literal["UA", "IRA", "CRA", "kept", "CRA_grid"]
 """A name of saeuron.metrics.METRICS."""
-VAL_SEED_BASE = 500_000
-"""First seed of the validation split (harvest 0, score 100,000, eval 1,000,000)."""
+VAL_SEED_BASE = SPLIT_SEED_BASE["val"]
+"""First seed of the validation split (saeuron.names)."""
 
 
 class SweepConfig(Config):

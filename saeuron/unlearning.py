@@ -11,8 +11,8 @@ from pydantic import Field, field_validator, model_validator
 
 from saeuron.config import Config
 from saeuron.edited import Unedited, sample_edited, sample_unedited
-from saeuron.grid import NO_STYLE, ConceptGrid, minicanvas_grid, unlearncanvas_grid
-from saeuron.harvest import SPLIT_SEED_BASE
+from saeuron.grid import ConceptGrid, minicanvas_grid, unlearncanvas_grid
+from saeuron.names import NO_STYLE, SPLIT_SEED_BASE
 from saeuron.intervention import Edit, Gate, gate_thresholds
 from saeuron.minicanvas import JUDGE_DIR
 from saeuron.minicanvas.classifier import Judge

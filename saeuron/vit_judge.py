@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from transformers import ViTConfig, ViTForImageClassification
 
 from saeuron.config import Config
-from saeuron.grid import NO_STYLE
+from saeuron.names import NO_STYLE
 
 Positive = Annotated[float, Field(gt=0)]
 SEED_IMAGES = "Seed_Images"

@@ -192,10 +192,15 @@ class ActivationStore:
             arr[rows] = values.astype(self.spec.dtype)
         self.group["progress/done"][unit] = 1
 
+    def require_hooks(self, hooks: list[str]) -> None:
+        """A ValueError naming the first of `hooks` the store does not hold, and those it does."""
+        if missing := [h for h in hooks if h not in self.spec.hooks]:
+            raise ValueError(f"the activation store {self.url} has no hook {missing[0]!r}; it "
+                             f"holds {sorted(self.spec.hooks)}")
+
     def read_unit(self, hook: str, unit: int, timesteps: list[int] | None = None) -> np.ndarray:
         """One write unit of a hook, (samples, timesteps, positions, features), stored dtype."""
-        if hook not in self.spec.hooks:
-            raise KeyError(f"the store has no hook {hook!r}; it holds {sorted(self.spec.hooks)}")
+        self.require_hooks([hook])
         try:
             data = self.group[hook][self.unit_samples(unit)]
         except (ValueError, RuntimeError) as error:

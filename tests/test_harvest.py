@@ -234,3 +234,16 @@ def test_two_dask_workers_write_the_same_store_as_a_serial_run(fresh_pipeline_di
                                    "model": str(fresh_pipeline_dir),
                                    "score_samples": 4, "score_vectors": 4 * 4 * 64}
     assert np.array_equal(raw(manifest["outputs"]["harvest"]), raw(serial))
+
+
+def test_weights_replaced_in_place_change_the_harvest_fingerprint(fresh_pipeline_dir, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(fresh_pipeline_dir, model)
+    before = small_config(model).fingerprint()
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert small_config(model).fingerprint() != before, "the same folder with other weights"

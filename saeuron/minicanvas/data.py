@@ -6,11 +6,12 @@ import numpy as np
 import torch
 
 from saeuron.minicanvas.render import NO_STYLE, OBJECTS, STYLES, render
+from saeuron.names import SPLIT_SEED_BASE
 
 ALL_STYLES: tuple[str, ...] = STYLES + (NO_STYLE,)
 """Style labels in classifier order: the named styles, then the unstyled look."""
 
-EVAL_SEED_BASE = 1_000_000
+EVAL_SEED_BASE = SPLIT_SEED_BASE["eval"]
 """Seeds at or above this are never used for training the model or the classifier."""
 
 

@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from saeuron.names import NO_STYLE
+
 SIZE = 32
 """Side of a rendered image in pixels."""
 _SS = 4
@@ -28,7 +30,6 @@ STYLES: tuple[str, ...] = (
     "sunset", "ocean", "forest", "neon", "pastel",
     "sketch", "pop", "granite", "ember", "blueprint",
 )
-NO_STYLE = "none"
 """Label of the unstyled look (a plain black shape on white), prompted without a style."""
 
 
