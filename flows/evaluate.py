@@ -13,10 +13,10 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from flows.stage import cached, code_fingerprint, holds_root, layout_of
 from saeuron.run import RunConfig
 from saeuron.threads import torch_threads
-from saeuron.report import report, summarise, table_rows
+from saeuron.report import report, summarise, table_rows, write_report
 from saeuron.unlearning import EvaluateConfig
 from storage.features import DOMAINS, read_features
-from storage.run import fingerprint, made, read_json, write_json
+from storage.run import UnitResults, fingerprint, made
 from tasks.evaluate import FEATURES, UNEDITED, unedited_target, unlearn_target
 
 
@@ -46,20 +46,16 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
     progress = create_progress_artifact(0.0, key="evaluate-progress",
                                         description="Unlearning targets evaluated")
     names = ["baseline"] + [name for _, _, name in targets]
-    rows: dict[str, dict] = {}
-    for name in names:
-        done = out_dir / name / "metrics.json"
-        before = read_json(done)
-        if isinstance(before, dict) and before.get("fingerprint") == fp and "row" in before:
-            rows[name] = before["row"]  # done before an interruption
-            logger.info(f"{name}: done before, {rows[name]}")
-    unedited = out_dir / "baseline" / UNEDITED
-    if not (unedited.is_file() and (out_dir / "baseline" / FEATURES).is_file()):
+    results = UnitResults(out_dir, fp)
+    rows = results.done(names)  # finished before an interruption
+    for name, row in rows.items():
+        logger.info(f"{name}: done before, {row}")
+    if not all((out_dir / "baseline" / f).is_file() for f in (UNEDITED, FEATURES)):
         rows.pop("baseline", None)
 
     def finished(name: str, row: dict) -> None:
         rows[name] = row
-        write_json(out_dir / name / "metrics.json", {"fingerprint": fp, "row": row})
+        results.add(name, row)
         update_progress_artifact(progress, 100.0 * len(rows) / len(names))
 
     update_progress_artifact(progress, 100.0 * len(rows) / len(names))
@@ -81,10 +77,10 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
     if summary:
         create_table_artifact(summary, key="unlearning-summary",
                               description="Means per domain, 95% intervals, worst targets")
-    (out_dir / "report.md").write_text(report(rows, summary, out_dir, inline=False))
+    written = write_report(rows, summary, out_dir)
     create_markdown_artifact(report(rows, summary, out_dir, inline=True), key="unlearning-report",
                              description="Unlearning report with before/after image grids")
-    metrics = {"summary": summary, "report": str(out_dir / "report.md")}
+    metrics = {"summary": summary, "report": str(written)}
     return layout.finish("evaluate", fp, {"eval": str(out_dir)}, metrics, time.time() - start,
                          upstream={"score": scored["fingerprint"]})
 

@@ -140,6 +140,13 @@ def report(rows: list[dict], summary: list[dict], out_dir: Path, inline: bool,
     return "\n".join(lines)
 
 
+def write_report(rows: list[dict], summary: list[dict], out_dir: Path) -> Path:
+    """<out_dir>/report.md, its pictures linked (they lie beside it)."""
+    path = Path(out_dir) / "report.md"
+    path.write_text(report(rows, summary, path.parent, inline=False))
+    return path
+
+
 def inline_images(paths: list[Path], budget: int) -> list[str] | None:
     """Data URIs of the pictures at the best of JPEG_QUALITIES whose total length fits `budget`."""
     for quality in JPEG_QUALITIES:

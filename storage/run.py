@@ -337,6 +337,31 @@ class RunLayout:
         return None
 
 
+class UnitResults:
+    """Results of a stage that finishes unit by unit (the evaluation's targets): each unit's in
+    <folder>/<name>/metrics.json with the stage's fingerprint, written atomically, so that a
+    kill loses at most the units in progress; a result of another fingerprint, or unreadable,
+    is not done."""
+
+    def __init__(self, folder: Path, fp: str):
+        self.folder, self.fp = Path(folder), fp
+
+    def path(self, name: str) -> Path:
+        return self.folder / name / "metrics.json"
+
+    def done(self, names: list[str]) -> dict[str, dict]:
+        """Name -> result of the units of `names` finished for this fingerprint."""
+        out = {}
+        for name in names:
+            record = read_json(self.path(name))
+            if isinstance(record, dict) and record.get("fingerprint") == self.fp and "row" in record:
+                out[name] = record["row"]
+        return out
+
+    def add(self, name: str, row: dict) -> None:
+        write_json(self.path(name), {"fingerprint": self.fp, "row": row})
+
+
 def exists(url: str) -> bool:
     fs, path = fsspec.core.url_to_fs(url)
     return fs.exists(path)
