@@ -14,23 +14,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.stage import cached, holds_root, layout_of
-from saeuron.harvest import Harvest, HarvestConfig, open_store, prepare
+from saeuron.harvest import Harvest, HarvestConfig, open_store, prepare, split_units
 from saeuron.run import RunConfig
 from storage.activations import ActivationStore
 from storage.run import RunLayout, fingerprint
 from tasks.harvest import harvest_shard
-
-
-def split_units(units: list[int], shards: int) -> list[list[int]]:
-    """Contiguous, near-equal groups of write units, one per shard (none empty)."""
-    shards = max(1, min(shards, len(units)))
-    size, extra = divmod(len(units), shards)
-    out, start = [], 0
-    for i in range(shards):
-        end = start + size + (1 if i < extra else 0)
-        out.append(units[start:end])
-        start = end
-    return [group for group in out if group]
 
 
 @flow(name="harvest-shards")

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field
@@ -90,6 +91,11 @@ class HarvestConfig(Config):
         data["model_files"] = content_digest(self.model_path())
         data["precision"] = resolve_precision(self.precision, self.device)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def split_units(units: list[int], shards: int) -> list[list[int]]:
+    """Contiguous, near-equal groups of write units, one per shard (none empty)."""
+    return [[int(u) for u in group] for group in np.array_split(units, max(1, shards)) if len(group)]
 
 
 @dataclass
