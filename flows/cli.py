@@ -16,7 +16,6 @@ from pydantic import ValidationError
 
 from saeuron.config import Config, load_yaml
 from flows.stage import layout_of
-from flows.supervise import supervise, supervised
 from saeuron.run import UPSTREAM, PipelineConfig, RunConfig
 from storage.activations import StoreMismatchError
 from storage.run import STAGES, RootBusyError
@@ -154,8 +153,6 @@ def run_stage_cli(name: str, flow: Callable, config_cls: type[Config], argv: lis
     if extra:
         extra(parser)
     args = parser.parse_args(argv)
-    if not supervised():
-        sys.exit(supervise(f"flows.{name}", sys.argv[1:] if argv is None else argv))
     with reported(None, name):
         config, run, options = load_stage_config(name, config_cls, args.config)
         given = {"root": args.root, "stores": args.stores, "dask_address": args.dask_address,

@@ -17,8 +17,7 @@ from typing import Any
 
 
 from saeuron.config import load_yaml
-from flows.supervise import supervise, supervised
-from storage.run import DEFAULT_ROOT, STAGES, RootBusyError, RunLayout, inputs_digest
+from storage.run import DEFAULT_ROOT, STAGES, RunLayout, inputs_digest
 
 PROJECT = Path(__file__).resolve().parent.parent
 CODE = [PROJECT / package for package in ("flows", "tasks", "saeuron", "storage")]
@@ -75,14 +74,6 @@ def main(argv: list[str] | None = None) -> None:
               "without starting Prefect (--force STAGE reruns one).")
         print(record["result"]["text"])
         return
-    if not supervised():
-        if (Path(known[1]) / "manifests").is_dir():
-            try:  # refused before a Prefect server starts; the child takes the lock itself
-                with RunLayout(root=known[1]).hold():
-                    pass
-            except RootBusyError as error:
-                refuse(str(error))
-        raise SystemExit(supervise("flows.launch", sys.argv[1:] if argv is None else argv))
     from flows.pipeline import run_command
 
     result = run_command(args)

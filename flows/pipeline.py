@@ -86,8 +86,8 @@ def run_command(args: argparse.Namespace) -> dict:
         if args.force:
             config = config.model_copy(update={"force": sorted(set(config.force) | set(args.force))})
         check_pipeline(config)
-    with reported(config.run.root):
-        result = pipeline(config)
+    with reported(config.run.root), RunLayout(root=config.run.root).hold():
+        result = pipeline(config)  # a busy root is refused before Prefect starts
     result["text"] = summary_text(result)
     print(result["text"])
     return result
