@@ -95,12 +95,12 @@ def _train_cmd(cfg_file: Path, root: Path) -> list[str]:
 
 
 def test_killed_training_resumes_to_the_same_weights(tmp_path, prefect_api):
-    store_url = str(tmp_path / "mix.zarr")
-    synthetic_store(store_url, n=96)
     cfg_file = tmp_path / "sae.yaml"
     cfg_file.write_text(small_cfg(epochs=6, checkpoint_every=3).to_yaml())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for root in ("whole", "killed"):
+    for root in ("whole", "killed"):  # the same store in each run's own root
+        store_url = str(tmp_path / root / "mix.zarr")
+        synthetic_store(store_url, n=96)
         as_harvested(tmp_path / root, store_url)
     subprocess.run(_train_cmd(cfg_file, tmp_path / "whole"), cwd=ROOT, env=env,
                    check=True, capture_output=True)
