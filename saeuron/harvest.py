@@ -55,9 +55,9 @@ class HarvestConfig(Config):
     timesteps: list[int] | None = Field(None, description="Timestep values to keep (default: "
                                         "every step of the schedule).")
     guidance: float = Field(4.0, ge=1.0, le=50.0, description="Classifier-free guidance scale.")
-    precision: Precision = Field("auto", description="What the UNet computes in: bfloat16 "
-                                 "(autocast), float32, or auto: bfloat16 where the device has "
-                                 "native bfloat16 kernels, else float32 (saeuron/sampling.py).")
+    precision: Precision = Field("float32", description="What the UNet computes in: float32 "
+                                 "(default: SAEs trained on bfloat16 activations removed styles "
+                                 "less well, BENCHMARKS.md), bfloat16 (autocast), or auto.")
     samples_per_chunk: int = Field(32, ge=1, le=4096, description="Samples per chunk = per "
                                    "write unit = per sampling batch.")
     dtype: Literal["float16", "float32"] = Field("float16", description="Stored dtype.")

@@ -75,7 +75,7 @@ def test_captured_values_equal_the_block_outputs(which, fresh_pipeline_dir, tiny
     seeds = [3, 4]
     first = schedule_timesteps(pipe, 5)[0]
     with Capture(pipe.unet, [last], timesteps=[first]) as cap:
-        sample(pipe, prompts, seeds, num_steps=5, guidance=3.0)
+        sample(pipe, prompts, seeds, num_steps=5, guidance=3.0, precision="float32")
     steps, acts = cap.take()
     assert steps == [first]
     b, t, p, f = acts[last].shape
@@ -108,7 +108,7 @@ def test_delta_is_output_minus_input(tiny_sd_dir):
     runs = {}
     for mode, blocks in (("output", [HOOK, "up_blocks.1.resnets.1"]), ("delta", [HOOK])):
         with Capture(pipe.unet, blocks, mode=mode) as cap:
-            sample(pipe, ["a cat."], [1], num_steps=3)
+            sample(pipe, ["a cat."], [1], num_steps=3, precision="float32")
         runs[mode] = cap.take()[1]
     np.testing.assert_allclose(runs["delta"][HOOK],
                                runs["output"][HOOK] - runs["output"]["up_blocks.1.resnets.1"],
