@@ -10,6 +10,7 @@ is measured once, on `--slow-pictures` pictures at the smallest batch: it is man
 there.
 
     .venv/bin/python bench/sampling.py [--repeats 3] [--pictures 128] [--batches 12 32 128]
+        [--threads 2]
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pictures", type=int, default=128, help="pictures per measurement")
     parser.add_argument("--batches", type=int, nargs="+", default=[12, 32, 128])
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads of the precision x batch table and its matmul peak")
     parser.add_argument("--slow-pictures", type=int, default=2,
                         help="pictures per bfloat16 measurement where it is not native")
     args = parser.parse_args()
@@ -77,13 +80,13 @@ def main() -> None:
     print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, native bfloat16 kernels: {native}")
     count = {"float32": args.pictures, "bfloat16": args.pictures if native else args.slow_pictures}
     flops = unet_flops(pipe) * STEPS
-    peaks = {p: matmul_peak(getattr(torch, p), threads=2,
+    peaks = {p: matmul_peak(getattr(torch, p), threads=args.threads,
                             **({} if native or p == "float32" else {"n": 512, "repeats": 2}))
              for p in PRECISIONS}
     print(f"UNet: {flops / STEPS / 1e6:.1f} MFLOP per picture and step (CFG pair); matmul peak "
-          f"2 threads: " + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in peaks.items()))
+          f"{args.threads} threads: " + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in peaks.items()))
 
-    def rate(precision: str, batch: int, threads: int = 2) -> float:
+    def rate(precision: str, batch: int, threads: int = args.threads) -> float:
         n = count[precision]
         with torch_threads(threads):
             seconds = _timed(lambda: sample(pipe, texts[:n], seeds[:n], num_steps=STEPS,
@@ -126,7 +129,7 @@ def main() -> None:
 
     layouts: dict[str, list[float]] = {"1 worker x 2 threads": [], "2 workers x 1 thread": []}
     for _ in range(args.repeats):
-        layouts["1 worker x 2 threads"].append(rate(best, max(args.batches)))
+        layouts["1 worker x 2 threads"].append(rate(best, max(args.batches), threads=2))
         layouts["2 workers x 1 thread"].append(two_workers())
     print(f"\nthread layouts ({best}, batch {max(args.batches)}):")
     for name, values in layouts.items():
