@@ -29,6 +29,19 @@ def test_save_load_round_trip_gives_the_same_pictures(fresh_pipeline_dir):
                           sample(loaded, prompts, seeds, num_steps=3))
 
 
+def test_a_model_without_the_text_time_embedding_saves_loads_and_samples(tmp_path):
+    """Conditioned through cross-attention only (as Stable Diffusion 1.x/2.x): no prompt
+    reaches the time embedding, and the saved folder loads as that model."""
+    built = build_pipeline(seed=0, text_time_embedding=False)
+    assert not hasattr(built.unet, "add_embedding") and built.unet.config.addition_embed_type is None
+    built.save(tmp_path / "m")
+    loaded = load_pipeline(tmp_path / "m")
+    assert not hasattr(loaded.unet, "add_embedding")
+    prompts, seeds = ["a star in neon style", "a moon"], [1, 2]
+    assert np.array_equal(sample(built, prompts, seeds, num_steps=3, precision="float32"),
+                          sample(loaded, prompts, seeds, num_steps=3, precision="float32"))
+
+
 def test_picture_depends_on_seed_not_batch(fresh_pipeline_dir):
     pipe = load_pipeline(fresh_pipeline_dir)
     prompts, seeds = ["a star in neon style", "a moon", "a ring in pop style"], [7, 8, 9]

@@ -16,8 +16,10 @@ BLOCK_CHANNELS = (64, 64, 128)
 """UNet widths at 16x16, 8x8 and 4x4 latents; up_blocks.1 (SD's favourite hook) runs at 8x8."""
 
 
-def build_pipeline(seed: int = 0) -> Pipeline:
-    """A freshly initialised MiniCanvas pipeline (deterministic for a seed)."""
+def build_pipeline(seed: int = 0, text_time_embedding: bool = True) -> Pipeline:
+    """A freshly initialised MiniCanvas pipeline (deterministic for a seed); without
+    `text_time_embedding` the prompt reaches the UNet through cross-attention only, as in
+    Stable Diffusion 1.x/2.x."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     codec = SpaceToDepthCodec(factor=2)
@@ -35,7 +37,8 @@ def build_pipeline(seed: int = 0) -> Pipeline:
         norm_num_groups=16,
         # The attention-pooled prompt also joins the time embedding: global conditioning that
         # makes the object word take hold much sooner than cross-attention alone.
-        addition_embed_type="text", addition_embed_type_num_heads=4)
+        addition_embed_type="text" if text_time_embedding else None,
+        addition_embed_type_num_heads=4)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                               prediction_type="epsilon", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)

@@ -45,6 +45,9 @@ class DiffusionTrainConfig(Config):
     checkpoint_every: int = Field(250, ge=1, description="Steps between resumable checkpoints.")
     eval_every: int = Field(1000, ge=1, description="Steps between judged sample grids.")
     seed: int = Field(0, description="Seed of initialisation and of every random draw.")
+    text_time_embedding: bool = Field(True, description="The attention-pooled prompt also "
+                                      "joins the time embedding (False: cross-attention only, "
+                                      "as Stable Diffusion 1.x/2.x).")
 
 
 def _prompts(objects: torch.Tensor, styles: torch.Tensor, g: torch.Generator,
@@ -75,7 +78,7 @@ class Trainer:
                  log: Callable[[str], None] = print):
         self.cfg, self.workdir, self.log = cfg, Path(workdir), log
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.pipe = build_pipeline(cfg.seed)
+        self.pipe = build_pipeline(cfg.seed, cfg.text_time_embedding)
         self.params = list(self.pipe.unet.parameters()) + list(self.pipe.text_encoder.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.01)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_factor(cfg))
@@ -170,7 +173,7 @@ class Trainer:
 
     def ema_pipeline(self) -> Pipeline:
         """A copy of the pipeline holding the EMA weights, in eval mode."""
-        fresh = build_pipeline(self.cfg.seed)
+        fresh = build_pipeline(self.cfg.seed, self.cfg.text_time_embedding)
         fresh.unet.load_state_dict(self.pipe.unet.state_dict())
         fresh.text_encoder.load_state_dict(self.pipe.text_encoder.state_dict())
         self.ema.copy_to(list(fresh.unet.parameters()) + list(fresh.text_encoder.parameters()))
