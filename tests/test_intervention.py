@@ -13,6 +13,11 @@ HOOK = "up_blocks.1.attentions.1"
 PROMPTS, SEEDS = ["a star in neon style", "a moon", "a ring in pop style"], [5, 6, 7]
 
 
+def sample_exact(pipe, n: int = len(PROMPTS)):
+    """The first n prompts at 4 steps in float32: the tests compare with float32 arithmetic."""
+    return sample(pipe, PROMPTS[:n], SEEDS[:n], num_steps=4, precision="float32")
+
+
 @pytest.fixture(scope="module")
 def sae(pipe):
     torch.manual_seed(1)
@@ -29,25 +34,25 @@ def edit_for(pipe, sae, selected_features=(), multiplier=-1.0, steps=4) -> Edit:
 
 
 def test_an_edit_of_nothing_leaves_the_pictures_unchanged(pipe, sae):
-    base = sample(pipe, PROMPTS, SEEDS, num_steps=4, precision="float32")
+    base = sample_exact(pipe)
     with Unlearn(pipe.unet, HOOK, sae, edit_for(pipe, sae)):
-        same = sample(pipe, PROMPTS, SEEDS, num_steps=4, precision="float32")
+        same = sample_exact(pipe)
     assert np.array_equal(base, same)
     with Unlearn(pipe.unet, HOOK, sae, edit_for(pipe, sae), error_sign=-1):
-        reference_sign = sample(pipe, PROMPTS, SEEDS, num_steps=4, precision="float32")
+        reference_sign = sample_exact(pipe)
     assert not np.array_equal(base, reference_sign), "the reference code's sign is not a no-op"
 
 
 def test_the_rule_edits_selected_features_above_the_mean(pipe, sae):
     first = schedule_timesteps(pipe, 4)[0]
     with Capture(pipe.unet, [HOOK], timesteps=[first], cfg=False) as plain:
-        sample(pipe, PROMPTS[:1], SEEDS[:1], num_steps=4, precision="float32")
+        sample_exact(pipe, 1)
     x = torch.from_numpy(plain.take()[1][HOOK][:, 0]).reshape(-1, sae.cfg.d_in)
 
     edit = edit_for(pipe, sae, selected_features=range(0, 32, 2), multiplier=-3.0)
     with Unlearn(pipe.unet, HOOK, sae, edit) as unlearn, \
             Capture(pipe.unet, [HOOK], timesteps=[first], cfg=False) as edited:
-        sample(pipe, PROMPTS[:1], SEEDS[:1], num_steps=4, precision="float32")
+        sample_exact(pipe, 1)
     got = torch.from_numpy(edited.take()[1][HOOK][:, 0]).reshape(-1, sae.cfg.d_in)
 
     with torch.no_grad():
@@ -65,11 +70,11 @@ def test_the_rule_edits_selected_features_above_the_mean(pipe, sae):
 def test_error_sign_zero_outputs_the_reconstruction_alone(pipe, sae):
     first = schedule_timesteps(pipe, 4)[0]
     with Capture(pipe.unet, [HOOK], timesteps=[first], cfg=False) as plain:
-        sample(pipe, PROMPTS[:1], SEEDS[:1], num_steps=4, precision="float32")
+        sample_exact(pipe, 1)
     x = torch.from_numpy(plain.take()[1][HOOK][:, 0]).reshape(-1, sae.cfg.d_in)
     with Unlearn(pipe.unet, HOOK, sae, None, error_sign=0), \
             Capture(pipe.unet, [HOOK], timesteps=[first], cfg=False) as dropped:
-        sample(pipe, PROMPTS[:1], SEEDS[:1], num_steps=4, precision="float32")
+        sample_exact(pipe, 1)
     got = torch.from_numpy(dropped.take()[1][HOOK][:, 0]).reshape(-1, sae.cfg.d_in)
     with torch.no_grad():
         torch.testing.assert_close(got, sae.decode(*sae.encode(x)), rtol=1e-4, atol=1e-4)
@@ -84,7 +89,7 @@ def test_the_detect_gate_edits_only_pictures_where_the_concept_was_detected(pipe
     a new sampling run starts."""
     steps = schedule_timesteps(pipe, 4)
     with Capture(pipe.unet, [HOOK], timesteps=[steps[0]], cfg=False) as plain:
-        sample(pipe, PROMPTS[:2], SEEDS[:2], num_steps=4, precision="float32")
+        sample_exact(pipe, 2)
     x = torch.from_numpy(plain.take()[1][HOOK][:, 0])
     pictures, positions = x.shape[:2]  # both halves of the CFG batch
     x = x.reshape(-1, sae.cfg.d_in)
@@ -108,10 +113,10 @@ def test_the_detect_gate_edits_only_pictures_where_the_concept_was_detected(pipe
     edit.detector = Detector(selected, np.where(selected, -1.5, np.inf), weight, cutoff)
     with Unlearn(pipe.unet, HOOK, sae, edit) as unlearn, \
             Capture(pipe.unet, [HOOK], timesteps=[steps[0]], cfg=False) as edited:
-        sample(pipe, PROMPTS[:2], SEEDS[:2], num_steps=4, precision="float32")
+        sample_exact(pipe, 2)
         first_run = list(unlearn.edited_fraction)
         edit.detector.cutoff[0, 0] = np.inf
-        sample(pipe, PROMPTS[:2], SEEDS[:2], num_steps=4, precision="float32")
+        sample_exact(pipe, 2)
     got = torch.from_numpy(edited.take()[1][HOOK][:, 0]).reshape(-1, sae.cfg.d_in)
 
     present = (per_picture[:, feature] > (low + high) / 2).repeat_interleave(positions)
