@@ -51,7 +51,8 @@ def moved(form: str, reference: np.ndarray, target: np.ndarray):
         acts, idx = self.sae.encode(vectors)
         n = self.sae.cfg.n_latents
         row = self.edit.row(self._t)
-        factor = self._detected_factor(intervention.picture_means(acts, idx, b, n), row)
+        factor = self._detected_factor(self.edit.detector, 0,
+                                       intervention.picture_means(acts, idx, b, n), row)
         where = torch.isfinite(factor).any(1).repeat_interleave(h * w)[:, None]
         dense = torch.zeros(len(vectors), n).scatter_(1, idx, acts)
         ref, own = torch.from_numpy(reference[row]).float(), torch.from_numpy(target[row]).float()

@@ -20,7 +20,8 @@ also fire, more weakly, on other concepts' pictures are left alone there (BENCHM
 Under "detect" most pictures of a grid are never edited, and a picture that is never edited is
 sampled exactly as without the edit. So an unedited run can record what its pictures' latents
 were (`Unlearn(..., record=True)`), and `touched_pictures` tells from that record, without
-sampling, which pictures an edit would change: only those need sampling again.
+sampling, which pictures an edit would change: only those need sampling again, and the
+touched pictures of several edits can share one batch (`Edits`: one edit per group of pictures).
 """
 
 from __future__ import annotations
@@ -160,6 +161,32 @@ class Edit:
                    threshold=threshold.astype(np.float32), detector=detector)
 
 
+@dataclass
+class Edits:
+    """Several edits in one sampling batch: `edits[g]` acts on the `sizes[g]` pictures after those
+    of the groups before it. The sweep judges dozens of candidates on a few touched pictures
+    each; sampled together, the small UNet runs at the throughput of a larger batch."""
+
+    edits: list[Edit | None]
+    sizes: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.edits) != len(self.sizes) or min(self.sizes, default=1) < 1:
+            raise ValueError(f"Edits needs one positive group size per edit, got "
+                             f"{len(self.edits)} edits and sizes {self.sizes}")
+
+    def groups(self, rows: int) -> list[tuple[Edit | None, torch.Tensor]]:
+        """Each edit with its rows of a CFG batch of `rows` ([unconditional, conditional] halves,
+        a picture's two rows `pictures` apart)."""
+        pictures = sum(self.sizes)
+        if rows != 2 * pictures:
+            raise ValueError(f"a batch of {rows} rows, but the edits' groups hold {pictures} "
+                             "pictures: sample all of them in one batch")
+        starts = np.cumsum([0, *self.sizes])
+        return [(edit, torch.cat([torch.arange(a, b), torch.arange(a, b) + pictures]))
+                for edit, a, b in zip(self.edits, starts[:-1], starts[1:])]
+
+
 def picture_means(acts: torch.Tensor, idx: torch.Tensor, pictures: int,
                   n_latents: int) -> torch.Tensor:
     """(picture, latent) position-averaged latents of a block's TopK codes (acts and idx of
@@ -179,8 +206,8 @@ class Unlearn:
     starts a new run. With `record`, each call's (timestep, picture_means) is kept in
     `recorded`, for `touched_pictures`."""
 
-    def __init__(self, unet: nn.Module, block: str, sae: SparseAutoencoder, edit: Edit | None,
-                 error_sign: int = 1, record: bool = False):
+    def __init__(self, unet: nn.Module, block: str, sae: SparseAutoencoder,
+                 edit: Edit | Edits | None, error_sign: int = 1, record: bool = False):
         if error_sign not in (1, 0, -1):
             raise ValueError(f"error_sign must be 1, 0 or -1, got {error_sign}")
         self.unet, self.sae, self.edit, self.error_sign = unet, sae, edit, error_sign
@@ -189,7 +216,8 @@ class Unlearn:
         self.recorded: list[tuple[int, torch.Tensor]] = []
         """Per UNet call (with `record`): its timestep and the rows' position-averaged latents."""
         self._t: int | None = None
-        self._detected: torch.Tensor | None = None
+        self._detected: dict[int, torch.Tensor] = {}
+        """Per group of pictures (Edits; 0 for a single edit), its rows detected so far."""
         self._handles: list = []
         self.edited_fraction: list[float] = []
         """Per UNet call, the share of (position, selected feature) pairs that were edited."""
@@ -207,7 +235,7 @@ class Unlearn:
     def _on_unet(self, _m: nn.Module, args: tuple, kwargs: dict) -> None:
         t = unet_timestep(args, kwargs)
         if self._t is not None and t is not None and t > self._t:
-            self._detected = None
+            self._detected = {}
         self._t = t
 
     @torch.no_grad()
@@ -221,27 +249,27 @@ class Unlearn:
         vectors = x.permute(0, 2, 3, 1).reshape(-1, c).float()
         acts, idx = self.sae.encode(vectors)
         n_latents = self.sae.cfg.n_latents
-        means = (picture_means(acts, idx, b, n_latents)
-                 if self.record or (self.edit is not None and self.edit.detector is not None)
-                 else None)
+        groups = (self.edit.groups(b) if isinstance(self.edit, Edits)
+                  else [(self.edit, None)] if self.edit is not None else [])
+        detecting = any(e is not None and e.detector is not None for e, _ in groups)
+        means = (picture_means(acts, idx, b, n_latents) if self.record or detecting else None)
         if self.record:
             self.recorded.append((self._t, means.cpu()))
         edited = acts
-        if self.edit is not None and self._t is not None:
-            row = self.edit.row(self._t)
-            threshold = torch.from_numpy(self.edit.threshold[row]).float().to(x.device)
-            if self.edit.detector is None:
-                selected = torch.from_numpy(self.edit.selected[row]).to(x.device)
-                factor = torch.from_numpy(self.edit.factor[row]).to(x.device)
-                hit = selected[idx] & (acts > threshold[idx])
-                factor = factor[idx]
-            else:
-                picture = torch.arange(b, device=idx.device).repeat_interleave(h * w)[:, None]
-                factor = self._detected_factor(means, row)[picture, idx]
-                hit = torch.isfinite(factor) & (acts > threshold[idx])
-            edited = torch.where(hit, factor * acts, acts)
-            n_selected = int(self.edit.selected[row].sum())
-            self.edited_fraction.append(float(hit.sum()) / max(1, n_selected * len(vectors)))
+        if groups and self._t is not None:
+            edited, hits, selected = acts.clone(), 0, 0
+            for g, (edit, rows) in enumerate(groups):
+                if edit is None:
+                    continue
+                mine = slice(None) if rows is None else rows.to(x.device)
+                at = (slice(None) if rows is None else
+                      (mine[:, None] * (h * w) + torch.arange(h * w, device=x.device)).flatten())
+                hit, factor = self._hits(edit, g, acts[at], idx[at],
+                                         None if means is None else means[mine], h * w)
+                edited[at] = torch.where(hit, factor * acts[at], acts[at])
+                hits += int(hit.sum())
+                selected += int(edit.selected[edit.row(self._t)].sum()) * len(hit)
+            self.edited_fraction.append(hits / max(1, selected))
         recon = self.sae.decode(acts, idx)
         new = self.sae.decode(edited, idx)
         if self.error_sign == 1:
@@ -252,17 +280,31 @@ class Unlearn:
             out = new + (recon - vectors)
         return out.to(x.dtype).reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
 
-    def _detected_factor(self, means: torch.Tensor, row: int) -> torch.Tensor:
-        """(picture, latent) factor of the concepts detected in each picture so far, or edited
-        everywhere at this step (inf where none of them selects the latent)."""
-        det = self.edit.detector
+    def _hits(self, edit: Edit, group: int, acts: torch.Tensor, idx: torch.Tensor,
+              means: torch.Tensor | None, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hit, factor) per TopK code of one group's rows: which codes `edit` scales, by what."""
+        row = edit.row(self._t)
+        threshold = torch.from_numpy(edit.threshold[row]).float().to(acts.device)
+        if edit.detector is None:
+            selected = torch.from_numpy(edit.selected[row]).to(acts.device)
+            factor = torch.from_numpy(edit.factor[row]).to(acts.device)
+            return selected[idx] & (acts > threshold[idx]), factor[idx]
+        picture = torch.arange(len(means), device=idx.device).repeat_interleave(positions)[:, None]
+        factor = self._detected_factor(edit.detector, group, means, row)[picture, idx]
+        return torch.isfinite(factor) & (acts > threshold[idx]), factor
+
+    def _detected_factor(self, det: Detector, group: int, means: torch.Tensor,
+                         row: int) -> torch.Tensor:
+        """(picture, latent) factor of the concepts detected in each picture of `group` so far,
+        or edited everywhere at this step (inf where none of them selects the latent)."""
         cutoff = torch.from_numpy(det.cutoff[:, row]).float().to(means.device)
         now = det.detects(means, row)
-        if self._detected is None or self._detected.shape != now.shape:
-            self._detected = torch.zeros_like(now)
-        self._detected |= now & torch.isfinite(cutoff)  # -inf: edited everywhere, not detected
+        detected = self._detected.get(group)
+        if detected is None or detected.shape != now.shape:
+            detected = self._detected[group] = torch.zeros_like(now)
+        detected |= now & torch.isfinite(cutoff)  # -inf: edited everywhere, not detected
         factor = torch.from_numpy(det.factor[:, row]).float().to(means.device)
-        return torch.where((self._detected | now)[:, :, None], factor[None], torch.inf).amin(1)
+        return torch.where((detected | now)[:, :, None], factor[None], torch.inf).amin(1)
 
 
 def touched_pictures(edit: Edit | None, recorded: list[tuple[int, torch.Tensor]]) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from saeuron.config import Config
-from saeuron.edited import Unedited, sample_edited, sample_unedited
+from saeuron.edited import Unedited, sample_edited_each, sample_unedited
 from saeuron.intervention import Edit, Gate
 from saeuron.metrics import METRICS, Judged, counts, pooled, rates
 from saeuron.minicanvas.classifier import Judge
@@ -157,17 +157,19 @@ def validation_cells(domain: str, concepts: list[str], cfg: SweepConfig,
                            np.array([OBJECTS.index(o) for o, _, _ in pictures]))
 
 
-def judge_candidate(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str,
-                    domain: str, concepts: list[str], edit: Edit, val: ValidationCells,
-                    cfg: SweepConfig, unedited: Unedited | None = None) -> dict:
-    """The metrics (saeuron.metrics), the objective and the number of pictures of one edit on
-    validation cells (given their `unedited` run, only the pictures the edit touches are
-    sampled)."""
-    images = sample_edited(pipe, hook, sae, edit, val.prompts, val.seeds, unedited=unedited,
-                           **sampling(cfg))
-    style, obj = judge.predict(images)
-    judged = Judged(val.styles, val.objects, style, obj, ALL_STYLES, OBJECTS)
-    return _metrics(counts(judged, domain, concepts), cfg)
+def judge_candidates(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str,
+                     domain: str, concepts: list[str], edits: list[Edit], val: ValidationCells,
+                     cfg: SweepConfig, unedited: Unedited | None = None) -> list[dict]:
+    """The metrics (saeuron.metrics), the objective and the number of pictures of each edit on
+    validation cells, their pictures sampled together (given the cells' `unedited` run, only
+    the pictures each edit touches)."""
+    out = []
+    for images in sample_edited_each(pipe, hook, sae, edits, val.prompts, val.seeds,
+                                     unedited=unedited, **sampling(cfg)):
+        style, obj = judge.predict(images)
+        judged = Judged(val.styles, val.objects, style, obj, ALL_STYLES, OBJECTS)
+        out.append(_metrics(counts(judged, domain, concepts), cfg))
+    return out
 
 
 def sampling(cfg: SweepConfig) -> dict:
@@ -196,16 +198,17 @@ def _perfect(metrics: dict, cfg: SweepConfig) -> bool:
     return all(metrics["counts"][m][0] == metrics["counts"][m][1] for m in cfg.objective)
 
 
-def _finals(rows: list[dict], judge_again: Callable[[dict, ValidationCells], dict],
+def _finals(rows: list[dict], judge_again: Callable[[list[dict], ValidationCells], list[dict]],
             rank: Callable[[dict], tuple], domain: str, concepts: list[str],
             cfg: SweepConfig) -> dict:
     """The best row, after the `finalists` best are judged again on further seeds and their
     judgements pooled (in place: those rows then hold the pooled metrics, `finalist: True`)."""
     if cfg.finalists:
         val = validation_cells(domain, concepts, cfg, finalists=True)
-        for row in sorted(rows, key=rank, reverse=True)[:cfg.finalists]:
-            row.update(_pooled(row, judge_again(row, val), cfg), finalist=True)
-        rows = [r for r in rows if r.get("finalist")]
+        finals = sorted(rows, key=rank, reverse=True)[:cfg.finalists]
+        for row, more in zip(finals, judge_again(finals, val)):
+            row.update(_pooled(row, more, cfg), finalist=True)
+        rows = finals
     return max(rows, key=rank)
 
 
@@ -221,29 +224,31 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
     again: dict[tuple, dict] = {}
     unedited: dict[tuple, Unedited] = {}
 
-    def judged_on(edit: Edit, cells: ValidationCells) -> dict:
-        """The candidate's judgement; a detecting edit's from the cells' unedited run (sampled
-        once), sampling only the pictures it touches."""
-        if not cfg.reuse_unedited or edit.detector is None:
-            return judge_candidate(pipe, judge, sae, hook, domain, [concept], edit, cells, cfg)
+    def judged_on(candidates: list[Edit], cells: ValidationCells) -> list[dict]:
+        """The candidates' judgements, their pictures sampled together; detecting edits' from
+        the cells' unedited run (sampled once), sampling only the pictures they touch."""
+        if not cfg.reuse_unedited or all(e.detector is None for e in candidates):
+            return judge_candidates(pipe, judge, sae, hook, domain, [concept], candidates,
+                                    cells, cfg)
         key = tuple(zip(cells.prompts, cells.seeds))
         if key not in unedited:
             unedited[key] = sample_unedited(pipe, {hook: sae}, cells.prompts, cells.seeds,
                                             **sampling(cfg))
-        return judge_candidate(pipe, judge, sae, hook, domain, [concept], edit, cells, cfg,
-                               unedited[key])
+        return judge_candidates(pipe, judge, sae, hook, domain, [concept], candidates, cells,
+                                cfg, unedited[key])
 
-    def judge_again(row: dict, cells: ValidationCells) -> dict:
-        key = (row["top_n"], row["multiplier"], row["gate"])
-        if key not in again:
-            again[key] = judged_on(edits(*key), cells)
-        return again[key]
+    def judge_again(rows: list[dict], cells: ValidationCells) -> list[dict]:
+        keys = [(r["top_n"], r["multiplier"], r["gate"]) for r in rows]
+        new = [k for k in dict.fromkeys(keys) if k not in again]
+        if new:
+            again.update(zip(new, judged_on([edits(*k) for k in new], cells)))
+        return [again[k] for k in keys]
 
     def confirmed(row: dict) -> bool:
         """Perfect on the finalist seeds too (then pooled into the row, as a finalist)."""
         if not cfg.finalists:
             return True
-        pooled = _pooled(row, judge_again(row, finalist_cells), cfg)
+        pooled = _pooled(row, judge_again([row], finalist_cells)[0], cfg)
         perfect = _perfect(pooled, cfg)
         if perfect:
             row.update(pooled, finalist=True)
@@ -254,19 +259,24 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
         Candidates perfect on their first judgement outrank all others, in this order, so the
         first `finalists` of them are the full sweep's finalists: one that stays perfect on
         the finalist seeds is its choice, and once there are `finalists` of them no later
-        candidate can be a finalist."""
-        rows, perfect_first = [], 0
-        for n, gamma in cfg.candidates():
-            row = {"domain": domain, "concept": concept, "gate": g, "top_n": n,
-                   "multiplier": gamma,
-                   **judged_on(edits(n, gamma, g), val)}
-            rows.append(row)
-            if cfg.stop_at_perfect and _perfect(row, cfg):
-                perfect_first += 1
-                if confirmed(row):
-                    return rows, row
-                if perfect_first == cfg.finalists:
-                    return rows, None
+        candidate can be a finalist. They are sampled in chunks of 1, 2, 4, ... candidates
+        (all at once without stop_at_perfect) and read in order, so the rows and the choice
+        are those of judging one at a time; a chunk's candidates after the stop are unused."""
+        rows, perfect_first, todo, size = [], 0, cfg.candidates(), 1
+        while todo:
+            chunk, todo = (todo[:size], todo[size:]) if cfg.stop_at_perfect else (todo, [])
+            size *= 2
+            for (n, gamma), metrics in zip(chunk, judged_on([edits(n, gamma, g)
+                                                             for n, gamma in chunk], val)):
+                row = {"domain": domain, "concept": concept, "gate": g, "top_n": n,
+                       "multiplier": gamma, **metrics}
+                rows.append(row)
+                if cfg.stop_at_perfect and _perfect(row, cfg):
+                    perfect_first += 1
+                    if confirmed(row):
+                        return rows, row
+                    if perfect_first == cfg.finalists:
+                        return rows, None
         return rows, None
 
     rows, perfect = judged(gate)
@@ -293,10 +303,13 @@ def sweep_set(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, d
     """(best scale, one row per scale) for a set removed at once; `edits(scale)` is the set's
     edit with every multiplier scaled. Ties: the larger scale (the concepts' own choice)."""
     val = validation_cells(domain, concepts, cfg)
-    rows = [{"domain": domain, "concepts": "+".join(concepts), "scale": scale,
-             **judge_candidate(pipe, judge, sae, hook, domain, concepts, edits(scale), val, cfg)}
-            for scale in scales]
-    best = _finals(rows, lambda r, v: judge_candidate(pipe, judge, sae, hook, domain, concepts,
-                                                      edits(r["scale"]), v, cfg),
-                   lambda r: (r["objective"], r["scale"]), domain, concepts, cfg)
+
+    def judged(rows: list[dict], cells: ValidationCells) -> list[dict]:
+        return judge_candidates(pipe, judge, sae, hook, domain, concepts,
+                                [edits(r["scale"]) for r in rows], cells, cfg)
+
+    rows = [{"domain": domain, "concepts": "+".join(concepts), "scale": scale} for scale in scales]
+    for row, metrics in zip(rows, judged(rows, val)):
+        row.update(metrics)
+    best = _finals(rows, judged, lambda r: (r["objective"], r["scale"]), domain, concepts, cfg)
     return best["scale"], rows

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from saeuron.edited import Unedited, sample_edited, sample_unedited
-from saeuron.intervention import Detector, Edit, Unlearn, touched_pictures
+from saeuron.edited import Unedited, sample_edited, sample_edited_each, sample_unedited
+from saeuron.intervention import Detector, Edit, Edits, Unlearn, touched_pictures
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.sampling import sample, schedule_timesteps
 
@@ -86,3 +86,28 @@ def test_runs_of_several_batches_are_told_apart(pipe, sae):
     split = sample_unedited(pipe, {HOOK: sae}, PROMPTS, SEEDS, batch_size=4, **options)
     edit = detecting_edit(pipe, sae, one)
     assert len(touched_pictures(edit, split.recorded[HOOK])) == len(PROMPTS)
+
+
+def test_edits_sampled_together_act_each_on_its_own_pictures(pipe, sae):
+    options = dict(num_steps=STEPS, guidance=4.0, precision="float32")
+    unedited = sample_unedited(pipe, {HOOK: sae}, PROMPTS, SEEDS, **options)
+    edit = detecting_edit(pipe, sae, unedited)
+    touched = touched_pictures(edit, unedited.recorded[HOOK])
+    with Unlearn(pipe.unet, HOOK, sae, edit):
+        alone = sample(pipe, PROMPTS, SEEDS, **options)
+    edited, plain = sample_edited_each(pipe, HOOK, sae, [edit, None], PROMPTS, SEEDS, **options)
+    # one batch of 12 pictures, the first 6 under the edit, the last 6 under none
+    assert np.abs(edited.astype(int) - alone.astype(int)).mean() < 1.0
+    assert np.abs(plain.astype(int) - unedited.images.astype(int)).mean() < 1.0
+    assert all(not np.array_equal(edited[i], plain[i]) for i in np.flatnonzero(touched))
+    reused = sample_edited_each(pipe, HOOK, sae, [edit, None, edit], PROMPTS, SEEDS,
+                                unedited=unedited, **options)
+    assert all(np.array_equal(r[~touched], unedited.images[~touched]) for r in reused)
+    assert np.array_equal(reused[1], unedited.images), "no edit: nothing sampled"
+    assert np.array_equal(reused[0], reused[2]), "each group has its own detection state"
+    assert np.abs(reused[0].astype(int) - alone.astype(int)).mean() < 1.0
+    with pytest.raises(ValueError, match="one positive group size per edit"):
+        Edits([edit], [0])
+    with Unlearn(pipe.unet, HOOK, sae, Edits([edit, edit], [2, 2])), \
+            pytest.raises(ValueError, match="a batch of 12 rows, but the edits' groups hold 4"):
+        sample(pipe, PROMPTS, SEEDS, **options)

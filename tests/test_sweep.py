@@ -112,7 +112,7 @@ def test_the_fallback_gate_is_judged_only_where_the_gate_cannot_remove_the_conce
 
 
 @pytest.mark.parametrize("first_perfect, finalist_fails, judged", [
-    ({(1, -10.0), (3, -3.0)}, set(), 3),                       # confirmed at once
+    ({(1, -10.0), (3, -3.0)}, set(), 4),       # confirmed at once ((3, -3) shared its chunk)
     ({(1, -10.0), (3, -3.0)}, {(1, -10.0)}, 5),                # the second finalist confirmed
     ({(1, -10.0), (3, -3.0), (3, -10.0)}, {(1, -10.0), (3, -3.0)}, 5),  # finalists known
     (set(), set(), 6),                                         # nothing perfect: full sweep
@@ -126,14 +126,17 @@ def test_the_sweep_stops_once_its_choice_is_known_and_chooses_as_the_full_sweep(
                       reuse_unedited=False)  # the fake edits have no detector to reuse by
     calls = []
 
-    def judge(pipe, judge, sae, hook, domain, concepts, edit, val, cfg):
+    def judge(pipe, judge, sae, hook, domain, concepts, edits, val, cfg):
         later = val.seeds[0] > VAL_SEED_BASE
-        calls.append((edit, later))
-        right = edit in first_perfect and not (later and edit in finalist_fails)
-        score = sum(edit) % 2  # imperfect candidates differ, so the choice is not a tie
-        return sweep._metrics(counted(2 if right else 1 - score, 4 if right else 3), cfg)
+        out = []
+        for edit in edits:
+            calls.append((edit, later))
+            right = edit in first_perfect and not (later and edit in finalist_fails)
+            score = sum(edit) % 2  # imperfect candidates differ, so the choice is not a tie
+            out.append(sweep._metrics(counted(2 if right else 1 - score, 4 if right else 3), cfg))
+        return out
 
-    monkeypatch.setattr(sweep, "judge_candidate", judge)
+    monkeypatch.setattr(sweep, "judge_candidates", judge)
     edits = lambda n, gamma, gate: (n, gamma)  # noqa: E731 (the fake judge reads the candidate)
     choice = sweep_concept(None, None, None, HOOK, "style", "neon", edits, cfg, "detect")
     assert len(calls) == judged, calls
@@ -156,11 +159,11 @@ def test_the_stronger_preference_judges_the_strongest_first_and_keeps_it_on_ties
     assert cfg.candidates() == [(3, -10.0), (3, -3.0), (1, -10.0), (1, -3.0)]
     calls = []
 
-    def judge(pipe, judge, sae, hook, domain, concepts, edit, val, cfg):  # all but the weakest
-        calls.append(edit)                                                 # are perfect
-        return sweep._metrics(counted(1 if edit == (1, -3.0) else 2, 4), cfg)
+    def judge(pipe, judge, sae, hook, domain, concepts, edits, val, cfg):  # all but the weakest
+        calls.extend(edits)                                                 # are perfect
+        return [sweep._metrics(counted(1 if e == (1, -3.0) else 2, 4), cfg) for e in edits]
 
-    monkeypatch.setattr(sweep, "judge_candidate", judge)
+    monkeypatch.setattr(sweep, "judge_candidates", judge)
     edits = lambda n, gamma, gate: (n, gamma)  # noqa: E731 (the fake judge reads the candidate)
     assert sweep_concept(None, None, None, HOOK, "object", "star", edits, cfg)[:2] == (3, -10.0)
     assert calls == [(3, -10.0), (3, -10.0)], "the strongest, then its finalist judgement"
@@ -212,7 +215,7 @@ def test_a_set_has_its_own_validation_cells_and_scale_sweep(fresh_pipeline_dir, 
 def test_the_sweep_counts_its_pictures_as_the_report_does(fresh_pipeline_dir, judge):
     from saeuron.edited import sample_edited
     from saeuron.metrics import Judged, unlearning_metrics
-    from saeuron.sweep import judge_candidate, sampling
+    from saeuron.sweep import judge_candidates, sampling
 
     pipe = load_pipeline(fresh_pipeline_dir)
     torch.manual_seed(0)
@@ -223,7 +226,8 @@ def test_the_sweep_counts_its_pictures_as_the_report_does(fresh_pipeline_dir, ju
     selected[0, :, :4] = True
     edit = Edit.for_concepts([999, 499], selected, np.ones((1, 2, 128)), [-10.0],
                              np.zeros((2, 128)))
-    row = judge_candidate(pipe, judge, sae, HOOK, "style", ["neon"], edit, val, cfg)
+    row, twice = judge_candidates(pipe, judge, sae, HOOK, "style", ["neon"], [edit, edit], val, cfg)
+    assert twice == row, "two groups of pictures under the same edit are judged alike"
     images = sample_edited(pipe, HOOK, sae, edit, val.prompts, val.seeds, **sampling(cfg))
     style, obj = judge.predict(images)
     report = unlearning_metrics(Judged(val.styles, val.objects, style, obj, ALL_STYLES, OBJECTS),
