@@ -103,8 +103,8 @@ def main() -> None:
     pipe, judge = load_pipeline(config.harvest.model_path()), Judge.load(JUDGE_DIR)
     seeds = tuple(VAL_SEED_BASE + 100 + i for i in range(args.seeds))
     sampling = dict(num_steps=ev.num_steps, guidance=ev.guidance)
-    base, unedited = unedited_grid([pipe], judge, {hook: sae}, seeds, **sampling)
     grid = ev.concept_grid()
+    base, unedited = unedited_grid([pipe], judge, {hook: sae}, seeds, grid=grid, **sampling)
     base_features, reference = base.judged().features, reference_features(judge, grid, seeds, base)
     top2 = np.sort(style.mean, axis=0)[-2:]
     eligible = (style.mean == top2[1][None]) & (style.mean > top2[0][None])
@@ -136,7 +136,7 @@ def main() -> None:
             with (moved(form, style.mean[style.index("none")], style.mean[c]) if form
                   else nullcontext()):
                 result = unlearned_grid(pipe, judge, sae, hook, edit, seeds, unedited=unedited,
-                                        error_sign=args.error_sign, **sampling)
+                                        error_sign=args.error_sign, grid=grid, **sampling)
             got = assess(result.judged(), base_features, reference, "style", [concept])
             print(f"| {concept} | {name} | {got['UA']:.3f} | {got['IRA']:.3f} | "
                   f"{got['kept']:.3f} | {got['CRA_grid']:.3f} | {got['FD_own']:.0f} "

@@ -45,7 +45,8 @@ def main() -> None:
         got = {}
         for sign in (1, -1):
             result = unlearned_grid(pipe, judge, sae, hook, edit, tuple(ev.seeds()),
-                                    num_steps=ev.num_steps, guidance=ev.guidance, error_sign=sign)
+                                    num_steps=ev.num_steps, guidance=ev.guidance, error_sign=sign,
+                                    grid=ev.concept_grid())
             got[sign] = unlearning_metrics(result.judged(), domain, [concept])
             for m in METRICS:
                 totals[sign][m] += got[sign][m] / len(targets)

@@ -13,6 +13,7 @@ import argparse
 import time
 
 import saeuron.edited
+from saeuron.minicanvas.world import minicanvas_grid
 from saeuron.minicanvas import JUDGE_DIR
 from saeuron.minicanvas.classifier import Judge
 from saeuron.pipeline import load_pipeline
@@ -69,7 +70,7 @@ def main() -> None:
             start = time.perf_counter()
             with torch_threads(1):
                 n, gamma, gate, _ = sweep_concept(
-                    pipe, judge, sae, hook, args.domain, concept, edit,
+                    pipe, judge, minicanvas_grid(), sae, hook, args.domain, concept, edit,
                     sweep.model_copy(update={"reuse_unedited": reuse}), config.score.gate)
             print(f"| {concept} | {reuse} | {n}, {gamma}, {gate} | {SAMPLED[0]} | "
                   f"{time.perf_counter() - start:.0f} |", flush=True)

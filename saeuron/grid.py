@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from saeuron.minicanvas import prompts as mc_prompts
-from saeuron.minicanvas import render as mc_render
 from saeuron.names import NO_STYLE
 
 COLUMNS = ("prompt", "object", "style", "template", "seed")
@@ -64,6 +62,11 @@ class ConceptGrid:
                         rows.append((text, obj, style, t, int(seed)))
         return pd.DataFrame(rows, columns=list(COLUMNS))
 
+    def prompt(self, obj: str, style: str) -> str:
+        """The cell's prompt from its first template (the one the evaluation and the sweep
+        sample)."""
+        return self._prompts(obj, style)[0]
+
     def _prompts(self, obj: str, style: str) -> list[str]:
         subjects = self.anchors.get(obj)
         if style == NO_STYLE:
@@ -77,12 +80,6 @@ class ConceptGrid:
     @staticmethod
     def _word(concept: str) -> str:
         return concept.replace("_", " ")
-
-
-def minicanvas_grid() -> ConceptGrid:
-    return ConceptGrid(name="minicanvas", objects=mc_render.OBJECTS, styles=mc_render.STYLES,
-                       styled_templates=mc_prompts.STYLED_TEMPLATES,
-                       plain_templates=mc_prompts.PLAIN_TEMPLATES)
 
 
 def unlearncanvas_grid(anchor_dir: str | Path | None = None, style_set: str = "styles_60") -> ConceptGrid:
@@ -111,12 +108,3 @@ def unlearncanvas_grid(anchor_dir: str | Path | None = None, style_set: str = "s
     return ConceptGrid(name="unlearncanvas", objects=tuple(names["objects"]), styles=styles,
                        styled_templates=("An {object} image in {style} style.",),
                        plain_templates=("An {object} image.",), anchors=anchors)
-
-
-GRIDS = {"minicanvas": minicanvas_grid, "unlearncanvas": unlearncanvas_grid}
-
-
-def get_grid(name: str, **options: object) -> ConceptGrid:
-    if name not in GRIDS:
-        raise ValueError(f"unknown grid {name!r}; built-in grids: {', '.join(GRIDS)}")
-    return GRIDS[name](**options)

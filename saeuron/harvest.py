@@ -22,8 +22,8 @@ from pydantic import Field
 import saeuron
 from saeuron.capture import Capture, resolve_blocks
 from saeuron.config import Config
-from saeuron.grid import ConceptGrid, get_grid
-from saeuron.minicanvas import MODEL_DIR, OBJECT_HOOK, STYLE_HOOK
+from saeuron.grid import ConceptGrid
+from saeuron.worlds import WORLDS, get_grid, world
 from saeuron.pipeline import Pipeline, load_pipeline
 from saeuron.sampling import Precision, resolve_precision, sample, schedule_timesteps
 from saeuron.threads import torch_threads
@@ -46,7 +46,7 @@ class HarvestConfig(Config):
     templates: int | None = Field(None, ge=1, description="Templates per cell (default: all).")
     split: Literal["harvest", "score", "eval"] = Field("harvest", description="Seed range used.")
     n_seeds: int = Field(2, ge=1, le=100_000, description="Seeds per prompt.")
-    hooks: list[str] = Field([STYLE_HOOK, OBJECT_HOOK], min_length=1,
+    hooks: list[str] = Field(list(world().hooks.values()), min_length=1,
                              description="UNet blocks to capture, by module path (default: "
                              "MiniCanvas's style and object blocks).")
     capture: Literal["output", "delta"] = Field("output", description="Block output, or output "
@@ -71,7 +71,7 @@ class HarvestConfig(Config):
                          "more shards to use more cores.")
 
     def model_path(self) -> str:
-        return str(MODEL_DIR) if self.model == "minicanvas" else self.model
+        return str(world(self.model).model_dir) if self.model in WORLDS else self.model
 
     def concept_grid(self) -> ConceptGrid:
         options = {"anchor_dir": self.anchor_dir} if self.grid == "unlearncanvas" else {}

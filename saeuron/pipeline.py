@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, ModelMixin, UNet2DConditionModel
 
-from saeuron.minicanvas.codec import SpaceToDepthCodec
 
 REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
 OPTIONAL = ("vae",)
@@ -39,7 +38,10 @@ class Pipeline:
     text_encoder: Any
     tokenizer: Any
     scheduler: Any
-    vae: AutoencoderKL | SpaceToDepthCodec | None = None
+    vae: Any = None
+    """An AutoencoderKL, or a codec of the pipeline's own (MiniCanvas's SpaceToDepthCodec: any
+    object with `decode(latents)` and `latent_channels`, named in model_index.json), or None
+    (the UNet works on pixels)."""
     path: str | None = None
 
     @property
@@ -63,10 +65,10 @@ class Pipeline:
         """Decode latents to images in [0, 1], shape (B, 3, H, W)."""
         if self.vae is None:
             images = latents
-        elif isinstance(self.vae, SpaceToDepthCodec):
-            images = self.vae.decode(latents)
-        else:
+        elif isinstance(self.vae, AutoencoderKL):
             images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        else:
+            images = self.vae.decode(latents)
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -178,9 +180,9 @@ def check_architecture(pipe: Pipeline) -> None:
         raise PipelineLoadError(
             f"unet cross_attention_dim {unet.config.cross_attention_dim} does not match the text "
             f"encoder's hidden size {width}: the folders come from different models")
-    latent = {SpaceToDepthCodec: lambda v: v.latent_channels,
-              AutoencoderKL: lambda v: v.config.latent_channels}
-    channels = 3 if pipe.vae is None else latent[type(pipe.vae)](pipe.vae)
+    vae = pipe.vae
+    channels = (3 if vae is None else vae.config.latent_channels
+                if isinstance(vae, AutoencoderKL) else vae.latent_channels)
     if unet.config.in_channels != channels:
         raise PipelineLoadError(f"unet takes {unet.config.in_channels} input channels but the "
                                 f"vae gives {channels}")

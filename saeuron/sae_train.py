@@ -21,7 +21,7 @@ from pydantic import Field
 
 from saeuron.config import Config
 from saeuron.loader import VectorStream
-from saeuron.minicanvas import OBJECT_HOOK, STYLE_HOOK
+from saeuron.worlds import world
 from saeuron.sae import SAEConfig, SparseAutoencoder, geometric_median
 from saeuron.threads import torch_threads
 from storage.activations import ActivationStore
@@ -37,7 +37,7 @@ class HookOverrides(Config):
 
 
 class SAETrainConfig(Config):
-    hooks: list[str] = Field([STYLE_HOOK, OBJECT_HOOK], min_length=1, description="Blocks whose "
+    hooks: list[str] = Field(list(world().hooks.values()), min_length=1, description="Blocks whose "
                              "activations to fit, one SAE each with these options (default: "
                              "MiniCanvas's style and object blocks).")
     expansion_factor: int = Field(4, ge=1, le=256, description="Latents per input dimension "
@@ -62,7 +62,7 @@ class SAETrainConfig(Config):
     threads: int = Field(2, ge=1, le=256, description="torch CPU threads. Float sums depend on "
                          "it, so a resumed run equals an uninterrupted one at the same count.")
     overrides: dict[str, HookOverrides] = Field(
-        {OBJECT_HOOK: HookOverrides(batch_size=1024, epochs=10)},
+        {world().hooks["object"]: HookOverrides(batch_size=1024, epochs=10)},
         description="Options that differ per hook (the paper trains its object block for 5 "
         "epochs, its style block for 10). MiniCanvas's 4x4 object block has a quarter of the "
         "vectors per sample, so it takes smaller batches and more epochs.")

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 
 from saeuron.config import Config
 from saeuron.intervention import DETECT_AT, DETECT_START, Gate
-from saeuron.minicanvas import OBJECT_HOOK, STYLE_HOOK
+from saeuron.worlds import world
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import SweepConfig
 from storage.activations import ActivationStore
@@ -166,8 +166,8 @@ def select_features(scores: np.ndarray, *, percentile: float | None = None,
 
 
 class DomainHooks(Config):
-    style: str = Field(STYLE_HOOK, description="Block whose SAE removes styles.")
-    object: str = Field(OBJECT_HOOK, description="Block whose SAE removes objects.")
+    style: str = Field(world().hooks["style"], description="Block whose SAE removes styles.")
+    object: str = Field(world().hooks["object"], description="Block whose SAE removes objects.")
 
     def by_hook(self) -> dict[str, list[str]]:
         """Hook -> the domains its SAE removes, in DOMAINS order."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from queue import Queue
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
+from saeuron.grid import ConceptGrid
 from saeuron.intervention import Edit, Gate
+from saeuron.judging import GridJudge
 from saeuron.names import NO_STYLE
 from saeuron.pipeline import Pipeline
 from saeuron.sae import SparseAutoencoder
@@ -37,10 +39,10 @@ def select(m: ConceptMeans, config: ScoreConfig, top_n: int | None = None) -> Do
 
 def sweep_domains(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures],
                   swept: list[str], mean_all: np.ndarray, sae: SparseAutoencoder, hook: str,
-                  config: ScoreConfig, pipes: list[Pipeline], judge: Any,
-                  log: Callable[[str], None] = print) -> list[dict]:
+                  config: ScoreConfig, pipes: list[Pipeline], judge: GridJudge,
+                  grid: ConceptGrid, log: Callable[[str], None] = print) -> list[dict]:
     """Choose (top_n, multiplier, gate) per concept of the `swept` domains, in place in
-    `domains`; the sweep's rows. `judge` is the world's (as sweep_concept takes it). Concepts
+    `domains`; the sweep's rows, judged by `judge` on validation cells of `grid`. Concepts
     are swept in parallel threads, one per copy of the model in `pipes` (one torch thread each)."""
     free: Queue = Queue()
     for pipe in pipes:
@@ -62,7 +64,7 @@ def sweep_domains(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatu
 
         pipe = free.get()
         try:
-            return sweep_concept(pipe, judge, sae, hook, name, d.concepts[c], edit,
+            return sweep_concept(pipe, judge, grid, sae, hook, name, d.concepts[c], edit,
                                  getattr(config.sweep, name), config.gate)
         finally:
             free.put(pipe)

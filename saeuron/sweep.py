@@ -31,13 +31,11 @@ from pydantic import Field, field_validator
 
 from saeuron.config import Config
 from saeuron.edited import Unedited, sample_edited_each, sample_unedited
+from saeuron.grid import ConceptGrid
 from saeuron.intervention import Edit, Gate
+from saeuron.judging import GridJudge, predict_in
 from saeuron.metrics import METRICS, Judged, counts, pooled, rates
-from saeuron.minicanvas.classifier import Judge
-from saeuron.minicanvas.data import ALL_STYLES, cells
-from saeuron.minicanvas.prompts import prompt_for
-from saeuron.minicanvas.render import OBJECTS
-from saeuron.names import SPLIT_SEED_BASE
+from saeuron.names import NO_STYLE, SPLIT_SEED_BASE
 from saeuron.pipeline import Pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sampling import Precision
@@ -128,23 +126,26 @@ class SweepConfig(Config):
 
 @dataclass
 class ValidationCells:
+    grid: ConceptGrid
     prompts: list[str]
     seeds: list[int]
     styles: np.ndarray
-    """Index of the prompted style in ALL_STYLES, per image."""
+    """Index of the prompted style in the grid's styles ('none' last), per image."""
     objects: np.ndarray
-    """Index of the prompted object in OBJECTS, per image."""
+    """Index of the prompted object in the grid's objects, per image."""
 
 
-def validation_cells(domain: str, concepts: list[str], cfg: SweepConfig,
+def validation_cells(grid: ConceptGrid, domain: str, concepts: list[str], cfg: SweepConfig,
                      finalists: bool = False) -> ValidationCells:
-    """Fixed samples of the concepts' cells and of the other concepts' cells, per validation seed
-    (the first n_seeds, or with `finalists` the finalist_seeds after them)."""
-    labels = ALL_STYLES if domain == "style" else OBJECTS
+    """Fixed samples of the concepts' cells of `grid` and of the other concepts' cells, per
+    validation seed (the first n_seeds, or with `finalists` the finalist_seeds after them)."""
+    styles = grid.styles + (NO_STYLE,)
+    labels = styles if domain == "style" else grid.objects
     position = 1 if domain == "style" else 0
-    grid = cells()
-    mine = [c for c in grid if c[position] in concepts]
-    rest = [c for c in grid if c[position] not in concepts]
+    every = [(o, s) for s in styles for o in grid.objects]
+    grid.check(**{f"{domain}s": concepts})
+    mine = [c for c in every if c[position] in concepts]
+    rest = [c for c in every if c[position] not in concepts]
     rng = np.random.default_rng([VAL_SEED_BASE, *(labels.index(c) for c in concepts)])
     own = [mine[i] for i in sorted(rng.choice(len(mine), min(cfg.own, len(mine)), replace=False))]
     chosen = [rest[i] for i in sorted(rng.choice(len(rest), min(cfg.others, len(rest)), replace=False))]
@@ -152,12 +153,13 @@ def validation_cells(domain: str, concepts: list[str], cfg: SweepConfig,
     pictures = [(obj, style, seed)
                 for seed in range(first, first + (cfg.finalist_seeds if finalists else cfg.n_seeds))
                 for obj, style in own + chosen]
-    return ValidationCells([prompt_for(o, s) for o, s, _ in pictures], [p[2] for p in pictures],
-                           np.array([ALL_STYLES.index(s) for _, s, _ in pictures]),
-                           np.array([OBJECTS.index(o) for o, _, _ in pictures]))
+    return ValidationCells(grid, [grid.prompt(o, s) for o, s, _ in pictures],
+                           [p[2] for p in pictures],
+                           np.array([styles.index(s) for _, s, _ in pictures]),
+                           np.array([grid.objects.index(o) for o, _, _ in pictures]))
 
 
-def judge_candidates(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str,
+def judge_candidates(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, hook: str,
                      domain: str, concepts: list[str], edits: list[Edit], val: ValidationCells,
                      cfg: SweepConfig, unedited: Unedited | None = None) -> list[dict]:
     """The metrics (saeuron.metrics), the objective and the number of pictures of each edit on
@@ -166,8 +168,9 @@ def judge_candidates(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook:
     out = []
     for images in sample_edited_each(pipe, hook, sae, edits, val.prompts, val.seeds,
                                      unedited=unedited, **sampling(cfg)):
-        style, obj = judge.predict(images)
-        judged = Judged(val.styles, val.objects, style, obj, ALL_STYLES, OBJECTS)
+        style, obj = predict_in(judge, images, val.grid)
+        judged = Judged(val.styles, val.objects, style, obj, val.grid.styles + (NO_STYLE,),
+                        val.grid.objects)
         out.append(_metrics(counts(judged, domain, concepts), cfg))
     return out
 
@@ -199,12 +202,12 @@ def _perfect(metrics: dict, cfg: SweepConfig) -> bool:
 
 
 def _finals(rows: list[dict], judge_again: Callable[[list[dict], ValidationCells], list[dict]],
-            rank: Callable[[dict], tuple], domain: str, concepts: list[str],
+            rank: Callable[[dict], tuple], grid: ConceptGrid, domain: str, concepts: list[str],
             cfg: SweepConfig) -> dict:
     """The best row, after the `finalists` best are judged again on further seeds and their
     judgements pooled (in place: those rows then hold the pooled metrics, `finalist: True`)."""
     if cfg.finalists:
-        val = validation_cells(domain, concepts, cfg, finalists=True)
+        val = validation_cells(grid, domain, concepts, cfg, finalists=True)
         finals = sorted(rows, key=rank, reverse=True)[:cfg.finalists]
         for row, more in zip(finals, judge_again(finals, val)):
             row.update(_pooled(row, more, cfg), finalist=True)
@@ -212,15 +215,16 @@ def _finals(rows: list[dict], judge_again: Callable[[list[dict], ValidationCells
     return max(rows, key=rank)
 
 
-def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, domain: str,
-                  concept: str, edits: Callable[[int, float, Gate], Edit], cfg: SweepConfig,
-                  gate: Gate = "mean") -> tuple[int, float, Gate, list[dict]]:
-    """(best n, best multiplier, its gate, one row per candidate judged) for one concept;
+def sweep_concept(pipe: Pipeline, judge: GridJudge, grid: ConceptGrid, sae: SparseAutoencoder,
+                  hook: str, domain: str, concept: str, edits: Callable[[int, float, Gate], Edit],
+                  cfg: SweepConfig, gate: Gate = "mean") -> tuple[int, float, Gate, list[dict]]:
+    """(best n, best multiplier, its gate, one row per candidate judged) for one concept of
+    `grid`, judged by `judge`;
     `edits(n, gamma, gate)` gives the edit of the candidate. The candidates are judged under
     `gate` in order of preference (with cfg.stop_at_perfect, until one is perfect), and also
     under cfg.fallback_gate if none of them reaches cfg.fallback_below UA."""
-    val = validation_cells(domain, [concept], cfg)
-    finalist_cells = validation_cells(domain, [concept], cfg, finalists=True)
+    val = validation_cells(grid, domain, [concept], cfg)
+    finalist_cells = validation_cells(grid, domain, [concept], cfg, finalists=True)
     again: dict[tuple, dict] = {}
     unedited: dict[tuple, Unedited] = {}
 
@@ -293,16 +297,16 @@ def sweep_concept(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: st
     best = _finals(rows, judge_again,
                    lambda r: (r["objective"], r["gate"] == gate,
                               *cfg.preference(r["top_n"], r["multiplier"])),
-                   domain, [concept], cfg)
+                   grid, domain, [concept], cfg)
     return best["top_n"], best["multiplier"], best["gate"], rows
 
 
-def sweep_set(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, domain: str,
-              concepts: list[str], edits: Callable[[float], Edit], scales: list[float],
-              cfg: SweepConfig) -> tuple[float, list[dict]]:
+def sweep_set(pipe: Pipeline, judge: GridJudge, grid: ConceptGrid, sae: SparseAutoencoder,
+              hook: str, domain: str, concepts: list[str], edits: Callable[[float], Edit],
+              scales: list[float], cfg: SweepConfig) -> tuple[float, list[dict]]:
     """(best scale, one row per scale) for a set removed at once; `edits(scale)` is the set's
     edit with every multiplier scaled. Ties: the larger scale (the concepts' own choice)."""
-    val = validation_cells(domain, concepts, cfg)
+    val = validation_cells(grid, domain, concepts, cfg)
 
     def judged(rows: list[dict], cells: ValidationCells) -> list[dict]:
         return judge_candidates(pipe, judge, sae, hook, domain, concepts,
@@ -311,5 +315,6 @@ def sweep_set(pipe: Pipeline, judge: Judge, sae: SparseAutoencoder, hook: str, d
     rows = [{"domain": domain, "concepts": "+".join(concepts), "scale": scale} for scale in scales]
     for row, metrics in zip(rows, judged(rows, val)):
         row.update(metrics)
-    best = _finals(rows, judged, lambda r: (r["objective"], r["scale"]), domain, concepts, cfg)
+    best = _finals(rows, judged, lambda r: (r["objective"], r["scale"]), grid, domain, concepts,
+                   cfg)
     return best["scale"], rows

@@ -11,18 +11,16 @@ from pydantic import Field, field_validator, model_validator
 
 from saeuron.config import Config
 from saeuron.edited import Unedited, sample_edited, sample_unedited
-from saeuron.grid import ConceptGrid, minicanvas_grid, unlearncanvas_grid
+from saeuron.grid import ConceptGrid, unlearncanvas_grid
 from saeuron.names import NO_STYLE, SPLIT_SEED_BASE
 from saeuron.intervention import Edit, Gate, gate_thresholds
-from saeuron.minicanvas import JUDGE_DIR
-from saeuron.minicanvas.classifier import Judge
-from saeuron.minicanvas.evaluate import GridJudge, GridResult, grid_table, judge_grid
-from saeuron.minicanvas.render import render_batch
+from saeuron.judging import GridJudge, GridResult, grid_table, judge_grid
 from saeuron.pipeline import Pipeline
 from saeuron.sampling import Precision
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import SweepConfig
 from saeuron.vit_judge import ViTJudge, ViTJudgeConfig
+from saeuron.worlds import WORLDS, world
 from storage.features import DomainFeatures
 
 
@@ -55,7 +53,7 @@ def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domai
 
 def unlearned_grid(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, block: str,
                    edit: Edit | None, seeds: tuple[int, ...], *, num_steps: int,
-                   guidance: float, error_sign: int = 1, grid: ConceptGrid | None = None,
+                   guidance: float, grid: ConceptGrid, error_sign: int = 1,
                    batch_size: int = 128, precision: Precision = "auto",
                    unedited: Unedited | None = None) -> GridResult:
     """Sample and judge the whole objects x styles grid (default MiniCanvas's) with the edit
@@ -70,7 +68,7 @@ def unlearned_grid(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, blo
 
 def unedited_grid(pipes: list[Pipeline], judge: GridJudge, saes: dict[str, SparseAutoencoder],
                   seeds: tuple[int, ...], *, num_steps: int, guidance: float,
-                  grid: ConceptGrid | None = None, batch_size: int = 128,
+                  grid: ConceptGrid, batch_size: int = 128,
                   precision: Precision = "auto") -> tuple[GridResult, Unedited]:
     """The judged grid without edit, and its run with the latents of each block of `saes`
     recorded, for the targets' unlearned_grid. The grid is split into one consecutive part per
@@ -93,12 +91,13 @@ def unedited_grid(pipes: list[Pipeline], judge: GridJudge, saes: dict[str, Spars
 def reference_features(judge: GridJudge, grid: ConceptGrid, seeds: tuple[int, ...],
                        unedited: GridResult) -> np.ndarray:
     """The judge's features (N, d) of what the grid's cells should look like, in the grid's
-    picture order: renders of the cells where the world renders them (MiniCanvas), else the
-    unedited grid's own pictures (their distance to themselves, 0, is then the floor)."""
-    if grid.name != "minicanvas":
+    picture order: renders of the cells where the grid's world renders them (MiniCanvas), else
+    the unedited grid's own pictures (their distance to themselves, 0, is then the floor)."""
+    render = world(grid.name).render if grid.name in WORLDS else None
+    if render is None:
         return unedited.judged().features
     _, table = grid_table(judge, seeds, grid)
-    return judge.embed(render_batch(list(table["object"]), list(table["style"]), list(table["seed"])))
+    return judge.embed(render(list(table["object"]), list(table["style"]), list(table["seed"])))
 
 
 class EvaluateConfig(Config):
@@ -120,8 +119,8 @@ class EvaluateConfig(Config):
         description="Sets of styles removed together (default: half of MiniCanvas's styles).")
     set_scales: list[float] = Field(
         [1.0], min_length=1, description="Scales of a set's multipliers tried on validation "
-        "prompts before the set is evaluated (the set's own sweep, (UA + IRA) / 2; MiniCanvas "
-        "grid only). [1.0]: each concept's own multiplier, as the paper.")
+        "prompts of the evaluation's grid before the set is evaluated (the set's own sweep, "
+        "(UA + IRA) / 2). [1.0]: each concept's own multiplier, as the paper.")
     set_gate: Gate | None = Field(None, description="Where a set's edit applies: None, each "
                                   "concept's own gate (the one its features were chosen with: "
                                   "score.gate or the sweep's fallback, as for single targets); "
@@ -173,9 +172,6 @@ class EvaluateConfig(Config):
 
     @model_validator(mode="after")
     def _judge_fits_grid(self) -> "EvaluateConfig":
-        if self.grid != "minicanvas" and self.set_scales != [1.0]:
-            raise ValueError(f"the set sweep samples MiniCanvas validation prompts; with the "
-                             f"{self.grid} grid set_scales must be [1.0], got {self.set_scales}")
         if (self.grid == "unlearncanvas") != (self.classifier is not None):
             raise ValueError("the unlearncanvas grid is judged by the UnlearnCanvas classifiers "
                              "(set evaluate.classifier: {style: ..., object: ...}), and the "
@@ -187,12 +183,12 @@ class EvaluateConfig(Config):
         """The evaluation grid; for UnlearnCanvas, the styles the style classifier names (its
         head size tells styles_60 from styles_unlearning; only the heads' shapes are read)."""
         if self.classifier is None:
-            return minicanvas_grid()
+            return world(self.grid).grid()
         return unlearncanvas_grid(style_set=self.classifier.style_set())
 
     def judge(self) -> GridJudge:
         if self.classifier is None:
-            return Judge.load(JUDGE_DIR)
+            return world(self.grid).judge()
         return ViTJudge(self.classifier, device=self.device)
 
     def targets(self, domains: dict[str, DomainFeatures],

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 
 from saeuron.edited import Unedited
 from saeuron.harvest import HarvestConfig
-from saeuron.minicanvas.evaluate import GridResult, grid_picture
+from saeuron.judging import GridResult, grid_picture
 from saeuron.pipeline import load_pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import sweep_set
@@ -80,7 +80,7 @@ def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, hook
     pipe = load_pipeline(HarvestConfig(model=config.model).model_path(), device=config.device)
     judge, scale = config.judge(), 1.0
     if len(concepts) > 1 and config.set_scales != [1.0]:
-        scale, tried = sweep_set(pipe, judge, sae, hook, domain, concepts,
+        scale, tried = sweep_set(pipe, judge, config.concept_grid(), sae, hook, domain, concepts,
                                  lambda s: concept_edit(mean_all, domains, domain, concepts,
                                                         scale=s, gate=gate),
                                  config.set_scales, config.set_sweep)

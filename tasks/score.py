@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 from prefect import get_run_logger, task
 
-from saeuron.minicanvas import JUDGE_DIR
-from saeuron.minicanvas.classifier import Judge
 from saeuron.pipeline import load_pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.scoring import ConceptMeans, ScoreConfig, concept_means
 from saeuron.selection import select, sweep_domains
+from saeuron.worlds import world
 from storage.activations import ActivationStore
 from storage.features import DomainFeatures, sae_fingerprint, write_features
 
@@ -54,6 +53,7 @@ def run_sweep(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures]
     if model is None:
         raise ValueError("the sweep samples the model: give the model path")
     workers = max(getattr(config.sweep, name).workers for name in swept)
+    minicanvas = world("minicanvas")  # PipelineConfig allows the sweep on MiniCanvas's grid only
     return sweep_domains(means, domains, swept, mean_all, sae, hook, config,
-                         [load_pipeline(model) for _ in range(workers)], Judge.load(JUDGE_DIR),
-                         log=get_run_logger().info)
+                         [load_pipeline(model) for _ in range(workers)], minicanvas.judge(),
+                         minicanvas.grid(), log=get_run_logger().info)

@@ -5,7 +5,8 @@ import pytest
 
 from saeuron.metrics import assess, frechet_distance, interval, judged_instead, unlearning_metrics
 from saeuron.minicanvas.data import ALL_STYLES
-from saeuron.minicanvas.evaluate import grid_table, judge_grid
+from saeuron.minicanvas.world import minicanvas_grid
+from saeuron.judging import grid_table, judge_grid
 from saeuron.minicanvas.render import OBJECTS, render_batch
 
 SEEDS = (1_000_000, 1_000_001, 1_000_002)
@@ -14,7 +15,7 @@ SEEDS = (1_000_000, 1_000_001, 1_000_002)
 @pytest.fixture(scope="module")
 def rendered(judge):
     """The MiniCanvas grid drawn by its renderer at three seeds, judged: a perfect model."""
-    grid, table = grid_table(judge, SEEDS)
+    grid, table = grid_table(judge, SEEDS, minicanvas_grid())
     images = render_batch(list(table["object"]), list(table["style"]), list(table["seed"]))
     return grid, table, images
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from saeuron.minicanvas.world import minicanvas_grid
 from saeuron.intervention import Edit
 from saeuron.minicanvas.data import ALL_STYLES, EVAL_SEED_BASE
 from saeuron.minicanvas.render import OBJECTS
@@ -15,6 +16,7 @@ from saeuron.sweep import (VAL_SEED_BASE, SweepConfig, sweep_concept, sweep_set,
                            validation_cells)
 
 HOOK = "up_blocks.1.attentions.1"
+MC = minicanvas_grid()
 
 
 def counted(ua: int, cra: int) -> dict[str, list[int]]:
@@ -25,21 +27,21 @@ def counted(ua: int, cra: int) -> dict[str, list[int]]:
 
 def test_validation_cells_hold_the_concept_and_a_fixed_sample_of_the_others():
     cfg = SweepConfig(n_seeds=2, own=11, others=7)
-    val = validation_cells("object", ["star"], cfg)
+    val = validation_cells(MC, "object", ["star"], cfg)
     target = val.objects == OBJECTS.index("star")
     assert len(val.prompts) == 2 * (11 + 7) and target.sum() == 2 * 11
     assert all("star" in p for p, t in zip(val.prompts, target) if t)
     assert not any("star" in p for p, t in zip(val.prompts, target) if not t)
     assert set(val.seeds) == {VAL_SEED_BASE, VAL_SEED_BASE + 1}
     assert max(val.seeds) < EVAL_SEED_BASE, "validation never uses evaluation seeds"
-    assert validation_cells("object", ["star"], cfg).prompts == val.prompts, "fixed sample"
+    assert validation_cells(MC, "object", ["star"], cfg).prompts == val.prompts, "fixed sample"
     words = [p.split() for p in val.prompts]
     assert all(ALL_STYLES[s] in w or ALL_STYLES[s] == "none" for s, w in zip(val.styles, words))
-    again = validation_cells("object", ["star"], cfg.model_copy(update={"finalist_seeds": 3}),
+    again = validation_cells(MC, "object", ["star"], cfg.model_copy(update={"finalist_seeds": 3}),
                              finalists=True)
     assert set(again.seeds) == {VAL_SEED_BASE + 2, VAL_SEED_BASE + 3, VAL_SEED_BASE + 4}
     assert again.prompts == val.prompts[:18] * 3, "the same cells, on further seeds"
-    style = validation_cells("style", ["neon"], SweepConfig(own=4, others=5))
+    style = validation_cells(MC, "style", ["neon"], SweepConfig(own=4, others=5))
     assert (style.styles == ALL_STYLES.index("neon")).sum() == 4 and len(style.prompts) == 9
 
 
@@ -64,7 +66,7 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
         means = np.random.default_rng(n).random((1, 2, 128)) + 0.5
         return Edit.for_concepts(timesteps, selected, means, [gamma], np.zeros((2, 128)))
 
-    n, gamma, gate, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, cfg)
+    n, gamma, gate, rows = sweep_concept(pipe, judge, MC, sae, HOOK, "style", "neon", edit, cfg)
     assert gate == "mean" and {r["gate"] for r in rows} == {"mean"}
     assert [(r["top_n"], r["multiplier"]) for r in rows] == [(1, -1.0), (1, -20.0), (3, -1.0),
                                                             (3, -20.0)]
@@ -79,13 +81,13 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
     assert all(0 <= r["CRA"] <= 1 for r in rows)
 
     once = cfg.model_copy(update={"finalists": 0})
-    n, gamma, _, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, once)
+    n, gamma, _, rows = sweep_concept(pipe, judge, MC, sae, HOOK, "style", "neon", edit, once)
     assert not any(r.get("finalist") for r in rows)
     best = max(r["objective"] for r in rows)
     assert any(r["objective"] == best and (r["top_n"], r["multiplier"]) == (n, gamma) for r in rows)
 
     with_cra = cfg.model_copy(update={"objective": ["UA", "IRA", "CRA_grid"]})
-    _, _, _, rows = sweep_concept(pipe, judge, sae, HOOK, "style", "neon", edit, with_cra)
+    _, _, _, rows = sweep_concept(pipe, judge, MC, sae, HOOK, "style", "neon", edit, with_cra)
     assert all(r["objective"] == pytest.approx((r["UA"] + r["IRA"] + r["CRA_grid"]) / 3, abs=1e-4)
                for r in rows)
 
@@ -100,13 +102,13 @@ def test_the_fallback_gate_is_judged_only_where_the_gate_cannot_remove_the_conce
         return Edit.for_concepts([999], np.zeros((1, 1, 128), bool), np.ones((1, 1, 128)),
                                  [gamma], np.zeros((1, 128)))
 
-    n, gamma, gate, rows = sweep_concept(shipped_pipeline, judge, sae, HOOK, "style", "neon",
+    n, gamma, gate, rows = sweep_concept(shipped_pipeline, judge, MC, sae, HOOK, "style", "neon",
                                          edit, cfg, "detect")
     assert [r["gate"] for r in rows] == ["detect", "mean"]
     assert rows[0]["UA"] < cfg.fallback_below
     assert gate == "detect", "a tie keeps the sweep's own gate"
     never = cfg.model_copy(update={"fallback_gate": None})
-    _, _, _, rows = sweep_concept(shipped_pipeline, judge, sae, HOOK, "style", "neon", edit,
+    _, _, _, rows = sweep_concept(shipped_pipeline, judge, MC, sae, HOOK, "style", "neon", edit,
                                   never, "detect")
     assert [r["gate"] for r in rows] == ["detect"]
 
@@ -138,11 +140,11 @@ def test_the_sweep_stops_once_its_choice_is_known_and_chooses_as_the_full_sweep(
 
     monkeypatch.setattr(sweep, "judge_candidates", judge)
     edits = lambda n, gamma, gate: (n, gamma)  # noqa: E731 (the fake judge reads the candidate)
-    choice = sweep_concept(None, None, None, HOOK, "style", "neon", edits, cfg, "detect")
+    choice = sweep_concept(None, None, MC, None, HOOK, "style", "neon", edits, cfg, "detect")
     assert len(calls) == judged, calls
     assert len(set(calls)) == len(calls), "no picture is judged twice"
     calls.clear()
-    full = sweep_concept(None, None, None, HOOK, "style", "neon", edits,
+    full = sweep_concept(None, None, MC, None, HOOK, "style", "neon", edits,
                          cfg.model_copy(update={"stop_at_perfect": False}), "detect")
     assert len(calls) == 4 + 2, "the full sweep judges every candidate, then two finalists"
     assert choice[:3] == full[:3]
@@ -165,12 +167,12 @@ def test_the_stronger_preference_judges_the_strongest_first_and_keeps_it_on_ties
 
     monkeypatch.setattr(sweep, "judge_candidates", judge)
     edits = lambda n, gamma, gate: (n, gamma)  # noqa: E731 (the fake judge reads the candidate)
-    assert sweep_concept(None, None, None, HOOK, "object", "star", edits, cfg)[:2] == (3, -10.0)
+    assert sweep_concept(None, None, MC, None, HOOK, "object", "star", edits, cfg)[:2] == (3, -10.0)
     assert calls == [(3, -10.0), (3, -10.0)], "the strongest, then its finalist judgement"
     full = cfg.model_copy(update={"stop_at_perfect": False})
-    assert sweep_concept(None, None, None, HOOK, "object", "star", edits, full)[:2] == (3, -10.0)
+    assert sweep_concept(None, None, MC, None, HOOK, "object", "star", edits, full)[:2] == (3, -10.0)
     weaker = full.model_copy(update={"prefer": "weaker"})
-    assert sweep_concept(None, None, None, HOOK, "object", "star", edits, weaker)[:2] == (1, -10.0)
+    assert sweep_concept(None, None, MC, None, HOOK, "object", "star", edits, weaker)[:2] == (1, -10.0)
 
 
 def test_exclusive_selection_keeps_only_features_the_concept_leads():
@@ -184,7 +186,7 @@ def test_exclusive_selection_keeps_only_features_the_concept_leads():
 
 
 def test_a_set_has_its_own_validation_cells_and_scale_sweep(fresh_pipeline_dir, judge):
-    val = validation_cells("style", ["neon", "pop"], SweepConfig(own=10, others=4))
+    val = validation_cells(MC, "style", ["neon", "pop"], SweepConfig(own=10, others=4))
     target = np.isin(val.styles, [ALL_STYLES.index("neon"), ALL_STYLES.index("pop")])
     assert target.sum() == 10 and len(val.prompts) == 14
     assert all(("neon" in p) or ("pop" in p) for p, t in zip(val.prompts, target) if t)
@@ -204,7 +206,7 @@ def test_a_set_has_its_own_validation_cells_and_scale_sweep(fresh_pipeline_dir, 
                                  np.zeros((2, 128)))
 
     cfg = SweepConfig(own=3, others=3, num_steps=2, guidance=2.0)
-    best, rows = sweep_set(pipe, judge, sae, HOOK, "style", ["neon", "pop"], edit, [1.0, 0.1], cfg)
+    best, rows = sweep_set(pipe, judge, MC, sae, HOOK, "style", ["neon", "pop"], edit, [1.0, 0.1], cfg)
     assert scales[:2] == [1.0, 0.1] and [r["scale"] for r in rows] == [1.0, 0.1]
     assert sorted(scales[2:]) == [0.1, 1.0], "both scales are finalists, judged again"
     top = max(r["objective"] for r in rows)
@@ -221,7 +223,7 @@ def test_the_sweep_counts_its_pictures_as_the_report_does(fresh_pipeline_dir, ju
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=8))
     cfg = SweepConfig(own=3, others=8, num_steps=2, guidance=2.0, reuse_unedited=False)
-    val = validation_cells("style", ["neon"], cfg)
+    val = validation_cells(MC, "style", ["neon"], cfg)
     selected = np.zeros((1, 2, 128), bool)
     selected[0, :, :4] = True
     edit = Edit.for_concepts([999, 499], selected, np.ones((1, 2, 128)), [-10.0],

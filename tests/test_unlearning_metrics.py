@@ -1,17 +1,19 @@
 import numpy as np
 import pytest
 
-from saeuron.minicanvas.data import ALL_STYLES
-from saeuron.minicanvas.evaluate import GridResult
-from saeuron.minicanvas.render import OBJECTS
+from saeuron.minicanvas.world import minicanvas_grid
+from saeuron.judging import GridResult
 from saeuron.metrics import unlearning_metrics
+from saeuron.minicanvas.data import ALL_STYLES
+from saeuron.minicanvas.render import OBJECTS
 
 
 def judged(style_pred, object_pred):
     shape = style_pred.shape
     return GridResult(images=np.zeros(shape + (1, 1, 3), np.uint8),
                       style_ok=np.zeros(shape, bool), object_ok=np.zeros(shape, bool),
-                      style_pred=style_pred, object_pred=object_pred).judged()
+                      style_pred=style_pred, object_pred=object_pred, styles=ALL_STYLES,
+                      objects=OBJECTS).judged()
 
 
 def perfect(seeds=2):
@@ -87,9 +89,9 @@ def test_concept_edit_from_a_feature_store_and_a_grid_run(fresh_pipeline_dir, ju
     assert edit.selected[:, 7].all() and not edit.selected[:, 3].any()
     assert np.all(edit.factor[:, 7] == -4.0)
     base = unlearned_grid(pipe, judge, sae, "up_blocks.1.attentions.1", None, (1,),
-                          num_steps=2, guidance=2.0)
+                          num_steps=2, guidance=2.0, grid=minicanvas_grid())
     edited = unlearned_grid(pipe, judge, sae, "up_blocks.1.attentions.1", edit, (1,),
-                            num_steps=2, guidance=2.0)
+                            num_steps=2, guidance=2.0, grid=minicanvas_grid())
     assert base.images.shape == (1, len(ALL_STYLES), len(OBJECTS), 32, 32, 3)
     assert not np.array_equal(base.images, edited.images)
 

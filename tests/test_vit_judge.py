@@ -175,6 +175,46 @@ def test_the_judge_judges_a_stable_diffusion_grid_and_its_metrics(classifiers, t
                        guidance=2.0, grid=replace(grid, styles=("Techno",)))
 
 
+def test_the_sweep_judges_a_stable_diffusion_grid_with_its_judge(classifiers, tiny_sd_dir):
+    from saeuron.edited import sample_edited
+    from saeuron.intervention import Edit
+    from saeuron.judging import predict_in
+    from saeuron.metrics import Judged, unlearning_metrics
+    from saeuron.pipeline import load_pipeline
+    from saeuron.sae import SAEConfig, SparseAutoencoder
+    from saeuron.sweep import SweepConfig, sampling, sweep_concept, validation_cells
+
+    root, _, _ = classifiers
+    judge = ViTJudge(ViTJudgeConfig(style=str(root / "style.safetensors"),
+                                    object=str(root / "object.pth"), heads=HEADS))
+    grid = replace(unlearncanvas_grid(style_set="styles_unlearning"), objects=("Cats", "Dogs"),
+                   styles=("Monet", "Cubism"))
+    pipe, hook = load_pipeline(tiny_sd_dir), "up_blocks.1.attentions.0"
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=32, expansion_factor=2, k=4))
+    cfg = SweepConfig(top_n=[2], multipliers=[-5.0], own=3, others=2, num_steps=2, guidance=2.0,
+                      finalists=0, fallback_gate=None)
+
+    def edit(n: int, gamma: float, gate: str) -> Edit:
+        selected = np.zeros((1, 1, 64), bool)
+        selected[..., :n] = True
+        return Edit.for_concepts([999], selected, np.ones((1, 1, 64)), [gamma], np.zeros((1, 64)))
+
+    val = validation_cells(grid, "object", ["Cats"], cfg)
+    assert sum("Cats" in p for p in val.prompts) == 3 and len(val.prompts) == 5
+    n, gamma, gate, rows = sweep_concept(pipe, judge, grid, sae, hook, "object", "Cats", edit, cfg)
+    assert (n, gamma, rows[0]["concept"], rows[0]["images"]) == (2, -5.0, "Cats", 5)
+    images = sample_edited(pipe, hook, sae, edit(2, -5.0, "mean"), val.prompts, val.seeds,
+                           **sampling(cfg))
+    style, obj = predict_in(judge, images, grid)
+    report = unlearning_metrics(Judged(val.styles, val.objects, style, obj,
+                                       grid.styles + ("none",), grid.objects), "object", ["Cats"])
+    assert {m: rows[0][m] for m in report if rows[0][m] is not None} == {
+        m: round(v, 4) for m, v in report.items() if v == v}
+    with pytest.raises(ValueError, match=r"unknown object\(s\) \['Birds'\]"):
+        validation_cells(grid, "object", ["Birds"], cfg)
+
+
 def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_sd_dir, tmp_path,
                                                               prefect_api, monkeypatch):
     from flows.evaluate import evaluate
