@@ -81,19 +81,26 @@ class Detector:
     selected: np.ndarray
     """(concept, timestep, feature) bool."""
     factor: np.ndarray
-    """(concept, timestep, feature): the concept's factor where selected, else inf."""
+    """(concept, timestep, feature): the concept's factor where selected (read nowhere else)."""
     weight: np.ndarray
     """(concept, timestep, feature): selected / the concept's mean sum over them."""
     cutoff: np.ndarray
-    """(concept, timestep); inf: never detected at that step (before DETECT_START); -inf: edited
-    in every picture at that step, without latching (a concept whose own gate is not this)."""
+    """(concept, timestep): the score a picture must pass to show the concept, where checked."""
+    checked: np.ndarray
+    """(concept, timestep) bool: pictures are checked for the concept at this step (from its
+    detect start on); before, it is never detected."""
+    everywhere: np.ndarray
+    """(concept,) bool: edited in every picture at every step instead, and never latched (a
+    concept whose own gate is not 'detect', removed in a set with ones whose gate is)."""
 
     def detects(self, means: torch.Tensor, row: int) -> torch.Tensor:
         """(picture, concept) bool: the concept shows in the picture at scored timestep `row`
-        (never where the cutoff is inf; always where it is -inf), from the pictures'
+        (never where not checked; always for the `everywhere` concepts), from the pictures'
         position-averaged latents `means` ((picture, latent), see `picture_means`)."""
         score = means @ torch.from_numpy(self.weight[:, row]).float().to(means.device).T
-        return score > torch.from_numpy(self.cutoff[:, row]).float().to(means.device)
+        passed = score > torch.from_numpy(self.cutoff[:, row]).float().to(means.device)
+        checked = torch.from_numpy(self.checked[:, row]).to(means.device)
+        return passed & checked | torch.from_numpy(self.everywhere).to(means.device)
 
     @classmethod
     def build(cls, timesteps: list[int], selected: np.ndarray, factor: np.ndarray,
@@ -108,11 +115,11 @@ class Detector:
         n = len(selected)
         at = np.broadcast_to(np.asarray(at, np.float64), (n,))[:, None]
         start = np.broadcast_to(np.asarray(start), (n,))[:, None]
-        cutoff = np.where(np.asarray(timesteps)[None] <= start, rival + at * (1 - rival), np.inf)
-        if everywhere is not None:
-            cutoff[np.asarray(everywhere, bool)] = -np.inf
         return cls(selected, factor.astype(np.float32), weight.astype(np.float32),
-                   cutoff.astype(np.float32))
+                   (rival + at * (1 - rival)).astype(np.float32),
+                   checked=np.asarray(timesteps)[None] <= start,
+                   everywhere=np.zeros(n, bool) if everywhere is None
+                   else np.asarray(everywhere, bool))
 
 
 @dataclass
@@ -297,14 +304,15 @@ class Unlearn:
                          row: int) -> torch.Tensor:
         """(picture, latent) factor of the concepts detected in each picture of `group` so far,
         or edited everywhere at this step (inf where none of them selects the latent)."""
-        cutoff = torch.from_numpy(det.cutoff[:, row]).float().to(means.device)
         now = det.detects(means, row)
         detected = self._detected.get(group)
         if detected is None or detected.shape != now.shape:
             detected = self._detected[group] = torch.zeros_like(now)
-        detected |= now & torch.isfinite(cutoff)  # -inf: edited everywhere, not detected
+        detected |= now & ~torch.from_numpy(det.everywhere).to(means.device)  # never latched
         factor = torch.from_numpy(det.factor[:, row]).float().to(means.device)
-        return torch.where((detected | now)[:, :, None], factor[None], torch.inf).amin(1)
+        selected = torch.from_numpy(det.selected[:, row]).to(means.device)
+        edited = (detected | now)[:, :, None] & selected[None]
+        return torch.where(edited, factor[None], torch.inf).amin(1)
 
 
 def touched_pictures(edit: Edit | None, recorded: list[tuple[int, torch.Tensor]]) -> np.ndarray:

@@ -33,10 +33,11 @@ def detecting_edit(pipe, sae, unedited: Unedited) -> Edit:
     weight = selected.astype(np.float32)
     first = unedited.recorded[HOOK][0][1]  # (rows, latents) at the first step
     score = first @ torch.from_numpy(weight[0, 0])
-    cutoff = np.full((1, len(timesteps)), np.inf, np.float32)
-    cutoff[0, 0] = float(score.median())
-    factor = np.where(selected, -8.0, np.inf).astype(np.float32)
-    detector = Detector(selected, factor, weight, cutoff)
+    cutoff = np.full((1, len(timesteps)), float(score.median()), np.float32)
+    checked = np.zeros((1, len(timesteps)), bool)
+    checked[0, 0] = True
+    factor = np.full(selected.shape, -8.0, np.float32)
+    detector = Detector(selected, factor, weight, cutoff, checked, everywhere=np.zeros(1, bool))
     return Edit(timesteps=list(timesteps), selected=selected[0], factor=factor[0],
                 threshold=np.zeros((len(timesteps), n), np.float32), detector=detector)
 

@@ -108,14 +108,16 @@ def test_the_detect_gate_edits_only_pictures_where_the_concept_was_detected(pipe
     selected = np.zeros((2, *edit.selected.shape), bool)  # two concepts, one feature each
     selected[0, :, feature] = selected[1, :, other] = True
     weight = selected.astype(np.float32)  # a concept's score is its feature's picture mean
-    cutoff = np.full((2, len(steps)), np.inf, np.float32)  # the second is never detected
-    cutoff[0, 0] = (low + high) / 2  # the first is checked at the first step only
-    edit.detector = Detector(selected, np.where(selected, -1.5, np.inf), weight, cutoff)
+    cutoff = np.full((2, len(steps)), (low + high) / 2, np.float32)
+    checked = np.zeros((2, len(steps)), bool)  # the second is never checked
+    checked[0, 0] = True  # the first is checked at the first step only
+    edit.detector = Detector(selected, np.full(selected.shape, -1.5, np.float32), weight, cutoff,
+                             checked, everywhere=np.zeros(2, bool))
     with Unlearn(pipe.unet, HOOK, sae, edit) as unlearn, \
             Capture(pipe.unet, [HOOK], timesteps=[steps[0]], cfg=False) as edited:
         sample_exact(pipe, 2)
         first_run = list(unlearn.edited_fraction)
-        edit.detector.cutoff[0, 0] = np.inf
+        edit.detector.checked[0, 0] = False
         sample_exact(pipe, 2)
     got = torch.from_numpy(edited.take()[1][HOOK][:, 0]).reshape(-1, sae.cfg.d_in)
 
@@ -137,19 +139,21 @@ def test_a_detector_cuts_halfway_between_the_rival_and_the_concept():
     rivals = np.array([[[1.0, 0.0, 9.0], [1.0, 3.0, 3.0]]], np.float32)
     det = Detector.build(timesteps, selected, np.where(selected, -1.0, np.inf), mean, rivals,
                          start=900)
-    assert det.cutoff[0, 0] == np.inf, "no picture is checked above the start timestep"
+    assert det.checked.tolist() == [[False, True]], "no picture is checked above the start"
     assert det.cutoff[0, 1] == pytest.approx(0.25 + 0.5 * 0.75)  # rival share 1/4
     np.testing.assert_allclose(det.weight[0, 1], [0.25, 0, 0])
     later = Detector.build(timesteps, selected, np.where(selected, -1.0, np.inf), mean, rivals,
                            at=[0.8], start=[400])
-    assert (later.cutoff == np.inf).all(), "a concept checked from t 400 is never checked here"
+    assert not later.checked.any(), "a concept checked from t 400 is never checked here"
     early = Detector.build(timesteps, selected, np.where(selected, -1.0, np.inf), mean, rivals,
                            at=0.8, start=1000)
     assert early.cutoff[0, 1] == pytest.approx(0.25 + 0.8 * 0.75)
-    assert np.isfinite(early.cutoff[0, 0])
+    assert early.checked.all() and not early.everywhere.any()
     always = Detector.build(timesteps, selected, np.where(selected, -1.0, np.inf), mean, rivals,
                             everywhere=[True])
-    assert (always.cutoff == -np.inf).all(), "a concept of another gate is edited everywhere"
+    assert always.everywhere.tolist() == [True], "a concept of another gate is edited everywhere"
+    means = torch.zeros(3, 3)  # no picture shows anything
+    assert always.detects(means, 0).all() and not det.detects(means, 1).any()
 
 
 def test_gates_threshold_at_the_mean_or_the_most_active_other_concept():

@@ -110,15 +110,15 @@ def test_concepts_of_different_gates_are_edited_each_by_its_own():
         gate=["mean", "detect", "detect"])}
     mean_all = mean.mean(0)
     both = concept_edit(mean_all, domains, "style", ["blueprint", "neon"])
-    cutoff = both.detector.cutoff
-    assert (cutoff[0] == -np.inf).all(), "blueprint (paper's gate) is edited everywhere"
-    assert cutoff[1, 0] == np.inf and np.isfinite(cutoff[1, 1]), "neon is detected from t 900"
+    det = both.detector
+    assert det.everywhere.tolist() == [True, False], "blueprint (paper's gate) is edited everywhere"
+    assert det.checked[1].tolist() == [False, True], "neon is detected from t 900"
     domains["style"].detect_start = np.array([900, 900, 1000])
     domains["style"].detect_at = np.array([0.5, 0.5, 0.9], np.float32)
-    later = concept_edit(mean_all, domains, "style", ["neon", "pop"]).detector.cutoff
-    assert later[0, 0] == np.inf and np.isfinite(later[1, 0]), "each concept's own start"
+    later = concept_edit(mean_all, domains, "style", ["neon", "pop"]).detector
+    assert not later.checked[0, 0] and later.checked[1, 0], "each concept's own start"
     rival = mean[:2, :, 2].max(0) / mean[2, :, 2]  # pop selects feature 2; others' largest mean
-    np.testing.assert_allclose(later[1], rival + 0.9 * (1 - rival), rtol=1e-5)
+    np.testing.assert_allclose(later.cutoff[1], rival + 0.9 * (1 - rival), rtol=1e-5)
     assert concept_edit(mean_all, domains, "style", ["blueprint"]).detector is None
     assert concept_edit(mean_all, domains, "style", ["neon"]).detector is not None
     assert concept_edit(mean_all, domains, "style", ["blueprint", "neon"],
