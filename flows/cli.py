@@ -133,14 +133,13 @@ def run_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
 def load_stage_config(name: str, config_cls: type[Config],
                       path: str | None) -> tuple[Config, RunConfig, dict]:
     """A stage's options from a stage YAML, or from a pipeline YAML's section of that name
-    (then with the pipeline's run settings and, for harvest, its score_seeds)."""
+    (then with the pipeline's run settings and PipelineConfig.stage_options)."""
     if path is None:
         return config_cls(), RunConfig(), {}
     data = load_yaml(path)
     if "run" in data or name in data:
         pipeline = PipelineConfig.model_validate(data)
-        options = {"score_seeds": pipeline.score_seeds} if name == "harvest" else {}
-        return getattr(pipeline, name), pipeline.run, options
+        return getattr(pipeline, name), pipeline.run, pipeline.stage_options(name)
     return config_cls.from_yaml(path), RunConfig(), {}
 
 

@@ -44,8 +44,9 @@ def parameters(config: PipelineConfig) -> dict[str, dict[str, Any]]:
     dump = config.model_dump(mode="json")
     out = {"pipeline": {"config": dump}}
     for stage in ("harvest", "train", "score", "evaluate"):
-        out[stage] = {"config": dump[stage], "run": dump["run"]}
-    out["harvest"]["score_seeds"] = dump["score_seeds"]
+        options = {k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+                   for k, v in config.stage_options(stage).items()}
+        out[stage] = {"config": dump[stage], "run": dump["run"], **options}
     return out
 
 

@@ -41,12 +41,12 @@ def _pipeline(config: PipelineConfig) -> dict:
     force = set(config.force)
     stages = {}
     for name, call in (
-            ("harvest", lambda: harvest(config.harvest, config.run, config.score_seeds,
-                                        force="harvest" in force, return_state=True)),
+            ("harvest", lambda: harvest(config.harvest, config.run, force="harvest" in force,
+                                        return_state=True, **config.stage_options("harvest"))),
             ("train", lambda: train(config.train, config.run, force="train" in force,
                                     return_state=True)),
             ("score", lambda: score(config.score, config.run, force="score" in force,
-                                    return_state=True)),
+                                    return_state=True, **config.stage_options("score"))),
             ("evaluate", lambda: evaluate(config.evaluate, config.run, force="evaluate" in force,
                                           return_state=True))):
         state = call()

@@ -10,6 +10,7 @@ from prefect.artifacts import create_table_artifact
 from flows.stage import cached, code_fingerprint, holds_root, layout_of
 from saeuron.run import RunConfig
 from saeuron.scoring import ScoreConfig
+from saeuron.vit_judge import ViTJudgeConfig
 from storage.run import fingerprint, made
 from tasks.score import score_features
 
@@ -17,9 +18,12 @@ from tasks.score import score_features
 @flow(name="score")
 @holds_root
 def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
-          force: bool = False) -> dict:
+          force: bool = False, classifier: ViTJudgeConfig | None = None,
+          device: str = "cpu") -> dict:
     """Score each domain's SAE on the held-out split into the run's feature stores (one per
-    hook, holding the domains that hook removes)."""
+    hook, holding the domains that hook removes). The sweep judges its validation pictures as
+    the evaluation does: with `classifier` (the evaluation's; None: the embedded world's judge),
+    sampling on `device`."""
     start = time.time()
     layout = layout_of(run)
     harvested = layout.upstream("harvest", "score")
@@ -29,15 +33,17 @@ def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
     if untrained:
         raise ValueError(f"score.hooks name {untrained[0]!r}, but the train stage trained "
                          f"{sorted(trained['outputs'])}")
-    fp = fingerprint("score", code_fingerprint("score"),
-                     config.model_dump(mode="json"), made(harvested), made(trained))
+    fp = fingerprint("score", code_fingerprint("score"), config.model_dump(mode="json"),
+                     made(harvested), made(trained),
+                     *([classifier.model_dump(mode="json")] if classifier else []))
     if hit := cached(layout, "score", fp, force):
         return hit
     urls = {hook: layout.features(hook) for hook in by_hook}
     layout.begin("score", fp, list(urls.values()), force)
     summaries = [score_features(harvested["outputs"]["score"], str(layout.sae_dir), urls[hook],
                                 config, hook, domains, run.dask_address,
-                                model=harvested["metrics"].get("model"))
+                                model=harvested["metrics"].get("model"), classifier=classifier,
+                                device=device)
                  for hook, domains in by_hook.items()]
     create_table_artifact(summaries, key="score-summary", description="Selected features")
     outputs = {domain: urls[hook] for hook, domains in by_hook.items() for domain in domains}

@@ -87,10 +87,6 @@ class PipelineConfig(Config):
             if hook not in self.train.hooks:
                 raise ValueError(f"score.hooks.{domain} {hook!r} has no SAE; train.hooks are "
                                  f"{self.train.hooks}")
-            if self.harvest.grid != "minicanvas" and getattr(self.score.sweep, domain):
-                raise ValueError(f"score.sweep.{domain}: the sweep samples and judges MiniCanvas "
-                                 f"validation prompts; turn it off for the {self.harvest.grid} "
-                                 "grid")
         if self.harvest.split != "harvest":
             raise ValueError(f"harvest.split must be 'harvest' in a pipeline (the scoring split "
                              f"is harvested with score_seeds), got {self.harvest.split!r}")
@@ -109,6 +105,16 @@ class PipelineConfig(Config):
 
     def score_harvest(self) -> HarvestConfig:
         return self.harvest.model_copy(update={"split": "score", "n_seeds": self.score_seeds})
+
+    def stage_options(self, stage: Stage) -> dict:
+        """The stage flow's parameters beyond its section and `run`: the harvest's scoring seeds;
+        for the score stage's sweep, the evaluation's classifier and device (it judges as the
+        evaluation does)."""
+        if stage == "harvest":
+            return {"score_seeds": self.score_seeds}
+        if stage == "score":
+            return {"classifier": self.evaluate.classifier, "device": self.evaluate.device}
+        return {}
 
 
 _CHECKED: set[str] = set()

@@ -100,6 +100,22 @@ def reference_features(judge: GridJudge, grid: ConceptGrid, seeds: tuple[int, ..
     return judge.embed(render(list(table["object"]), list(table["style"]), list(table["seed"])))
 
 
+def classifier_grid(classifier: ViTJudgeConfig | None) -> ConceptGrid:
+    """The grid a classifier judges: the embedded world's for its own judge (None); for the
+    UnlearnCanvas classifiers, the styles the style head names (its size tells styles_60 from
+    styles_unlearning; only the heads' shapes are read)."""
+    if classifier is None:
+        return world().grid()
+    return unlearncanvas_grid(style_set=classifier.style_set())
+
+
+def classifier_judge(classifier: ViTJudgeConfig | None, device: str = "cpu") -> GridJudge:
+    """The embedded world's judge (None), or the UnlearnCanvas classifiers on `device`."""
+    if classifier is None:
+        return world().judge()
+    return ViTJudge(classifier, device=device)
+
+
 class EvaluateConfig(Config):
     model: str = Field("minicanvas", description="Pipeline folder, or 'minicanvas'.")
     grid: Literal["minicanvas", "unlearncanvas"] = Field(
@@ -180,16 +196,11 @@ class EvaluateConfig(Config):
         return self
 
     def concept_grid(self) -> ConceptGrid:
-        """The evaluation grid; for UnlearnCanvas, the styles the style classifier names (its
-        head size tells styles_60 from styles_unlearning; only the heads' shapes are read)."""
-        if self.classifier is None:
-            return world(self.grid).grid()
-        return unlearncanvas_grid(style_set=self.classifier.style_set())
+        """The evaluation grid (classifier_grid)."""
+        return classifier_grid(self.classifier)
 
     def judge(self) -> GridJudge:
-        if self.classifier is None:
-            return world(self.grid).judge()
-        return ViTJudge(self.classifier, device=self.device)
+        return classifier_judge(self.classifier, self.device)
 
     def targets(self, domains: dict[str, DomainFeatures],
                 grid: ConceptGrid) -> list[tuple[str, list[str], str]]:

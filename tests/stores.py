@@ -37,10 +37,12 @@ def synthetic_store(url: str, n: int = 12, t: int = 3, p: int = 4, f: int = 8,
     return store
 
 
-def as_harvested(root, url: str):
-    """A run layout under `root` whose harvest stage is done and made `url` (both splits)."""
+def as_harvested(root, url: str, model: str | None = None):
+    """A run layout under `root` whose harvest stage is done and made `url` (both splits),
+    from `model` if given (the sweep samples it)."""
     from storage.run import RunLayout
 
     layout = RunLayout(root=str(root))
-    layout.finish("harvest", "synthetic", {"harvest": url, "score": url}, {}, 0.0, upstream={})
+    layout.finish("harvest", "synthetic", {"harvest": url, "score": url},
+                  {} if model is None else {"model": model}, 0.0, upstream={})
     return layout

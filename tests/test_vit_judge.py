@@ -222,25 +222,34 @@ def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_
     from saeuron.run import RunConfig
     from saeuron.sae import SAEConfig, SparseAutoencoder
     from saeuron.scoring import DomainHooks, DomainSweeps, ScoreConfig
+    from saeuron.sweep import SweepConfig
     from saeuron.unlearning import EvaluateConfig
     from stores import HOOK, as_harvested, synthetic_store
+    from storage.features import read_features
 
     root, _, _ = classifiers
+    classifier = ViTJudgeConfig(style=str(root / "style.safetensors"),
+                                object=str(root / "object.pth"), heads=HEADS)
     store = str(tmp_path / "acts.zarr")
     synthetic_store(store, n=24, f=32, objects=("Cats", "Dogs"), styles=("none", "Monet", "Cubism"))
-    layout = as_harvested(tmp_path, store)
+    layout = as_harvested(tmp_path, store, model=str(tiny_sd_dir))
     torch.manual_seed(0)
     SparseAutoencoder(SAEConfig(d_in=32, expansion_factor=2, k=4)).save(tmp_path / "sae" / HOOK)
     layout.finish("train", "sae-0", {HOOK: str(tmp_path / "sae" / HOOK)}, {}, 0.0, upstream={})
     run = RunConfig(root=str(tmp_path))
-    score(ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2, exclusive=False,
-                      sweep=DomainSweeps()), run)
+    sweep = SweepConfig(top_n=[1, 2], multipliers=[-3.0], own=2, others=2, num_steps=2,
+                        guidance=2.0, finalists=0, fallback_gate=None, workers=1)
+    scored = score(ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2,
+                               exclusive=False, gate="mean", sweep=DomainSweeps(object=sweep)),
+                   run, classifier=classifier)
+    attrs, _, _ = read_features(scored["outputs"]["object"])
+    assert {r["concept"] for r in attrs["sweep"]} == {"Cats", "Dogs"}, \
+        "the score stage sweeps Stable Diffusion's objects, judged by the ViT classifiers"
+    assert all(r["images"] == 4 for r in attrs["sweep"])
     small = replace(unlearncanvas_grid(style_set="styles_unlearning"), objects=("Cats", "Dogs"),
                     styles=("Monet", "Cubism"))
     monkeypatch.setattr(EvaluateConfig, "concept_grid", lambda self: small)  # 51 x 20: 45 s here
-    config = EvaluateConfig(model=str(tiny_sd_dir), grid="unlearncanvas",
-                            classifier=ViTJudgeConfig(style=str(root / "style.safetensors"),
-                                                      object=str(root / "object.pth"), heads=HEADS),
+    config = EvaluateConfig(model=str(tiny_sd_dir), grid="unlearncanvas", classifier=classifier,
                             style_sets=[], num_steps=2, guidance=2.0)
     manifest = evaluate(config, run)
     rows = {name: json.loads((tmp_path / "eval" / name / "metrics.json").read_text())["row"]
@@ -266,10 +275,9 @@ def test_the_sd_config_names_the_classifiers_and_the_grids_must_agree():
         EvaluateConfig(grid="unlearncanvas")
     with pytest.raises(FileNotFoundError, match="/models/unlearncanvas-classifiers/object.pth"):
         config.evaluate.concept_grid()
-    swept = config.model_dump()
-    swept["score"]["sweep"] = {"object": {}}
-    with pytest.raises(ValueError, match="score.sweep.object: the sweep samples and judges MiniCanvas"):
-        PipelineConfig.model_validate(swept)
+    assert config.score.sweep.style is None and config.score.sweep.object.top_n == [1]
+    assert config.stage_options("score") == {"classifier": config.evaluate.classifier,
+                                             "device": "cuda"}, "the sweep judges as evaluate"
     assert config.evaluate.seeds() == [188, 288, 588, 688, 888], "the benchmark's seeds"
     clash = config.model_dump()
     clash["harvest"]["n_seeds"] = 300
