@@ -26,7 +26,7 @@ from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.data import ALL_STYLES
 from saeuron.minicanvas.prompts import prompt_for
 from saeuron.minicanvas.render import NO_STYLE, OBJECTS
-from saeuron.pipeline import Pipeline, load_pipeline
+from saeuron.diffusion import Pipeline, load_pipeline
 from saeuron.sampling import sample
 
 BLOCKS = ("down_blocks.1.attentions.0", "down_blocks.2.attentions.0", "mid_block.attentions.0",

@@ -29,14 +29,14 @@ from saeuron import intervention
 from saeuron.metrics import assess, describe
 from saeuron.minicanvas import JUDGE_DIR
 from saeuron.minicanvas.classifier import Judge
-from saeuron.pipeline import load_pipeline
+from saeuron.diffusion import load_pipeline
 from saeuron.run import PipelineConfig
 from saeuron.sae import SparseAutoencoder
 from saeuron.scoring import select_features
 from saeuron.sweep import VAL_SEED_BASE
 from saeuron.unlearning import concept_edit, reference_features, unedited_grid, unlearned_grid
 from storage.features import read_features, sae_fingerprint
-from storage.run import RunLayout
+from storage.layout import RunLayout
 
 
 @contextmanager

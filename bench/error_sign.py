@@ -13,13 +13,13 @@ import argparse
 
 from saeuron.minicanvas import JUDGE_DIR
 from saeuron.minicanvas.classifier import Judge
-from saeuron.pipeline import load_pipeline
+from saeuron.diffusion import load_pipeline
 from saeuron.run import PipelineConfig
 from saeuron.sae import SparseAutoencoder
 from saeuron.metrics import METRICS, unlearning_metrics
 from saeuron.unlearning import concept_edit, unlearned_grid
 from storage.features import read_features, sae_fingerprint
-from storage.run import RunLayout
+from storage.layout import RunLayout
 
 
 def main() -> None:

@@ -17,14 +17,14 @@ import time
 from saeuron.intervention import Unlearn
 from saeuron.minicanvas.data import cells
 from saeuron.minicanvas.prompts import prompt_for
-from saeuron.pipeline import load_pipeline
+from saeuron.diffusion import load_pipeline
 from saeuron.run import PipelineConfig
 from saeuron.sae import SparseAutoencoder
 from saeuron.sampling import sample
 from saeuron.threads import torch_threads
 from saeuron.unlearning import concept_edit
 from storage.features import read_features, sae_fingerprint
-from storage.run import RunLayout
+from storage.layout import RunLayout
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from saeuron.intervention import touched_pictures
 from saeuron.run import PipelineConfig
 from saeuron.unlearning import concept_edit
 from storage.features import read_features
-from storage.run import RunLayout
+from storage.layout import RunLayout
 from tasks.evaluate import UNEDITED
 
 

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from saeuron.minicanvas import MODEL_DIR
 from saeuron.minicanvas.data import cells
 from saeuron.minicanvas.prompts import prompt_for
-from saeuron.pipeline import load_pipeline
+from saeuron.diffusion import load_pipeline
 from saeuron.sampling import initial_latents, resolve_precision, sample
 from saeuron.threads import torch_threads
 

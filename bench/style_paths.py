@@ -19,7 +19,7 @@ from saeuron.minicanvas import JUDGE_DIR, MODEL_DIR
 from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.prompts import prompt_for
 from saeuron.minicanvas.render import OBJECTS
-from saeuron.pipeline import load_pipeline
+from saeuron.diffusion import load_pipeline
 from saeuron.sampling import sample
 from saeuron.sweep import VAL_SEED_BASE
 

@@ -16,7 +16,7 @@ import saeuron.edited
 from saeuron.minicanvas.world import minicanvas_grid
 from saeuron.minicanvas import JUDGE_DIR
 from saeuron.minicanvas.classifier import Judge
-from saeuron.pipeline import load_pipeline
+from saeuron.diffusion import load_pipeline
 from saeuron.run import PipelineConfig
 from saeuron.sae import SparseAutoencoder
 from saeuron.scoring import concept_means
@@ -25,7 +25,7 @@ from saeuron.sweep import sweep_concept
 from saeuron.threads import torch_threads
 from saeuron.unlearning import concept_edit
 from storage.activations import ActivationStore
-from storage.run import RunLayout
+from storage.layout import RunLayout
 
 SAMPLED = [0]
 

@@ -18,7 +18,7 @@ from saeuron.config import Config, load_yaml
 from flows.stage import layout_of
 from saeuron.run import UPSTREAM, PipelineConfig, RunConfig
 from storage.activations import StoreMismatchError
-from storage.run import STAGES, RootBusyError
+from storage.layout import STAGES, RootBusyError
 
 USER_ERRORS = (ValidationError, ValueError, FileNotFoundError, KeyError, StoreMismatchError,
                RootBusyError)

@@ -16,7 +16,7 @@ from saeuron.threads import torch_threads
 from saeuron.report import report, summarise, table_rows, write_report
 from saeuron.unlearning import EvaluateConfig
 from storage.features import DOMAINS, read_features
-from storage.run import UnitResults, fingerprint, made
+from storage.layout import UnitResults, fingerprint, made
 from tasks.evaluate import FEATURES, UNEDITED, unedited_target, unlearn_target
 
 

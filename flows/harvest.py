@@ -17,7 +17,7 @@ from flows.stage import cached, holds_root, layout_of
 from saeuron.harvest import Harvest, HarvestConfig, open_store, prepare, split_units
 from saeuron.run import RunConfig
 from storage.activations import ActivationStore
-from storage.run import RunLayout, fingerprint
+from storage.layout import RunLayout, fingerprint
 from tasks.harvest import harvest_shard
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 
 from saeuron.config import load_yaml
-from storage.run import DEFAULT_ROOT, STAGES, RunLayout, inputs_digest
+from storage.layout import DEFAULT_ROOT, STAGES, RunLayout, inputs_digest
 
 PROJECT = Path(__file__).resolve().parent.parent
 CODE = [PROJECT / package for package in ("flows", "tasks", "saeuron", "storage")]

@@ -20,7 +20,7 @@ from flows.score import score
 from flows.train import train
 from saeuron.report import summary_table
 from saeuron.run import PipelineConfig, check_pipeline
-from storage.run import RunLayout
+from storage.layout import RunLayout
 
 
 @flow(name="pipeline")

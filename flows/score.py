@@ -11,7 +11,7 @@ from flows.stage import cached, code_fingerprint, holds_root, layout_of
 from saeuron.run import RunConfig
 from saeuron.scoring import ScoreConfig
 from saeuron.vit_judge import ViTJudgeConfig
-from storage.run import fingerprint, made
+from storage.layout import fingerprint, made
 from tasks.score import score_features
 
 

@@ -16,7 +16,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, State
 
 from saeuron.run import RunConfig
-from storage.run import RunLayout, fingerprint
+from storage.layout import RunLayout, fingerprint
 
 T = TypeVar("T")
 

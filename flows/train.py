@@ -11,7 +11,7 @@ from flows.stage import cached, code_fingerprint, holds_root, layout_of
 from saeuron.run import RunConfig
 from saeuron.sae_train import SAETrainConfig
 from storage.activations import ActivationStore
-from storage.run import fingerprint, made
+from storage.layout import fingerprint, made
 from tasks.train import train_sae
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from saeuron.intervention import Edit, Edits, Unlearn, touched_pictures
-from saeuron.pipeline import Pipeline
+from saeuron.diffusion import Pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sampling import sample
 

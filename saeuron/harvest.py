@@ -24,11 +24,11 @@ from saeuron.capture import Capture, resolve_blocks
 from saeuron.config import Config
 from saeuron.grid import ConceptGrid
 from saeuron.worlds import WORLDS, get_grid, world
-from saeuron.pipeline import Pipeline, load_pipeline
+from saeuron.diffusion import Pipeline, load_pipeline
 from saeuron.sampling import Precision, resolve_precision, sample, schedule_timesteps
 from saeuron.threads import torch_threads
 from storage.activations import ActivationStore, StoreSpec
-from storage.run import content_digest
+from storage.layout import content_digest
 from saeuron.names import SPLIT_SEED_BASE
 
 """First seed of each split: splits never share a seed (eval matches MiniCanvas's judge seeds)."""

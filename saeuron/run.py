@@ -13,7 +13,7 @@ from saeuron.sae import SAEConfig
 from saeuron.sae_train import SAETrainConfig
 from saeuron.scoring import DOMAINS, ScoreConfig
 from saeuron.unlearning import EvaluateConfig
-from storage.run import DEFAULT_ROOT
+from storage.layout import DEFAULT_ROOT
 
 Stage = Literal["harvest", "train", "score", "evaluate"]
 UPSTREAM = {"harvest": (), "train": ("harvest",), "score": ("harvest", "train"),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from saeuron.pipeline import Pipeline
+from saeuron.diffusion import Pipeline
 
 
 Precision = Literal["auto", "bfloat16", "float32"]

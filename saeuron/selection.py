@@ -13,7 +13,7 @@ from saeuron.grid import ConceptGrid
 from saeuron.intervention import Edit, Gate
 from saeuron.judging import GridJudge
 from saeuron.names import NO_STYLE
-from saeuron.pipeline import Pipeline
+from saeuron.diffusion import Pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.scoring import ConceptMeans, ScoreConfig, select_features
 from saeuron.sweep import sweep_concept

@@ -36,7 +36,7 @@ from saeuron.intervention import Edit, Gate
 from saeuron.judging import GridJudge, predict_in
 from saeuron.metrics import METRICS, Judged, counts, pooled, rates
 from saeuron.names import NO_STYLE, SPLIT_SEED_BASE
-from saeuron.pipeline import Pipeline
+from saeuron.diffusion import Pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sampling import Precision
 

@@ -19,13 +19,13 @@ import numpy as np
 
 from saeuron.harvest import HarvestConfig
 from saeuron.intervention import Gate, Unlearn
-from saeuron.pipeline import Pipeline, load_pipeline
+from saeuron.diffusion import Pipeline, load_pipeline
 from saeuron.run import PipelineConfig
 from saeuron.sae import SparseAutoencoder
 from saeuron.sampling import sample
 from saeuron.unlearning import concept_edit
 from storage.features import DomainFeatures, read_features, sae_fingerprint
-from storage.run import RunLayout
+from storage.layout import RunLayout
 
 
 @dataclass

@@ -15,7 +15,7 @@ from saeuron.grid import ConceptGrid, unlearncanvas_grid
 from saeuron.names import NO_STYLE, SPLIT_SEED_BASE
 from saeuron.intervention import Edit, Gate, gate_thresholds
 from saeuron.judging import GridJudge, GridResult, grid_table, judge_grid
-from saeuron.pipeline import Pipeline
+from saeuron.diffusion import Pipeline
 from saeuron.sampling import Precision
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import SweepConfig

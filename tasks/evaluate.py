@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from saeuron.edited import Unedited
 from saeuron.harvest import HarvestConfig
 from saeuron.judging import GridResult, grid_picture
-from saeuron.pipeline import load_pipeline
+from saeuron.diffusion import load_pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import sweep_set
 from saeuron.metrics import assess, frechet_distance

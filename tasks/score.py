@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from prefect import get_run_logger, task
 
-from saeuron.pipeline import load_pipeline
+from saeuron.diffusion import load_pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.scoring import ConceptMeans, ScoreConfig, concept_means
 from saeuron.selection import select, sweep_domains

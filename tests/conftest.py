@@ -15,7 +15,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 from saeuron.minicanvas import JUDGE_DIR, MODEL_DIR
 from saeuron.minicanvas.classifier import Judge
 from saeuron.minicanvas.model import build_pipeline
-from saeuron.pipeline import Pipeline, load_pipeline
+from saeuron.diffusion import Pipeline, load_pipeline
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ def synthetic_store(url: str, n: int = 12, t: int = 3, p: int = 4, f: int = 8,
 def as_harvested(root, url: str, model: str | None = None):
     """A run layout under `root` whose harvest stage is done and made `url` (both splits),
     from `model` if given (the sweep samples it)."""
-    from storage.run import RunLayout
+    from storage.layout import RunLayout
 
     layout = RunLayout(root=str(root))
     layout.finish("harvest", "synthetic", {"harvest": url, "score": url},

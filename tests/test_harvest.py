@@ -16,12 +16,12 @@ import zarr
 
 from saeuron.capture import Capture
 from saeuron.harvest import HarvestConfig, open_store, prepare, run_units
-from saeuron.pipeline import load_pipeline
+from saeuron.diffusion import load_pipeline
 from saeuron.run import RunConfig
 from saeuron.sampling import ddim_scheduler, initial_latents, sample, schedule_timesteps
 from storage.activations import ActivationStore, StoreMismatchError
 from storage.arrays import StoreCorruptError
-from storage.run import RunLayout
+from storage.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "up_blocks.1.attentions.1"

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from flows.launch import digest_and_root, parser
-from storage.run import STAGES, RunLayout
+from storage.layout import STAGES, RunLayout
 
 
 def finished_run(root, fingerprints: dict[str, str]) -> RunLayout:

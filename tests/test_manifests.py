@@ -1,7 +1,7 @@
 """A stage is complete only while its outputs are as it made them, and what reads them follows
 what was made, not only what was asked for."""
 
-from storage.run import RunLayout, content_digest, made
+from storage.layout import RunLayout, content_digest, made
 
 
 def test_outputs_changed_since_a_stage_finished_make_it_incomplete(tmp_path):
@@ -32,7 +32,7 @@ def test_downstream_fingerprints_follow_what_an_upstream_stage_made(tmp_path):
 def test_damaged_state_files_rerun_their_work_and_name_themselves(tmp_path, caplog):
     import pytest
 
-    from storage.run import ManifestError
+    from storage.layout import ManifestError
 
     layout = RunLayout(root=str(tmp_path))
     out = tmp_path / "features"
@@ -50,7 +50,7 @@ def test_damaged_state_files_rerun_their_work_and_name_themselves(tmp_path, capl
 
 
 def test_resume_files_cut_short_by_a_kill_read_as_not_done(tmp_path, caplog):
-    from storage.run import read_json, write_json
+    from storage.layout import read_json, write_json
 
     path = tmp_path / "eval" / "sketch" / "metrics.json"
     write_json(path, {"fingerprint": "fp", "row": {"UA": 1.0}})
@@ -70,10 +70,10 @@ def test_one_process_at_a_time_holds_a_run_root(tmp_path, prefect_api):
 
     import pytest
 
-    from storage.run import RootBusyError
+    from storage.layout import RootBusyError
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from storage.run import RunLayout\n"
+        "import sys, time; from storage.layout import RunLayout\n"
         f"with RunLayout(root={str(tmp_path)!r}).hold():\n"
         "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
     try:

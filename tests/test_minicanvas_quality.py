@@ -1,7 +1,7 @@
 """The shipped MiniCanvas model draws what it is asked, as the shipped judge sees it."""
 
 from saeuron.minicanvas.data import EVAL_SEED_BASE
-from saeuron.minicanvas.evaluate import sample_grid
+from saeuron.minicanvas.report_card import sample_grid
 
 
 def test_shipped_model_follows_style_and_object(shipped_pipeline, judge):

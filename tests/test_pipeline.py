@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saeuron.minicanvas.model import build_pipeline
-from saeuron.pipeline import PipelineLoadError, load_pipeline
+from saeuron.diffusion import PipelineLoadError, load_pipeline
 from saeuron.sampling import sample
 
 

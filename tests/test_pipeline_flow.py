@@ -21,7 +21,7 @@ from saeuron.sweep import SweepConfig
 from saeuron.unlearning import EvaluateConfig
 from storage.activations import ActivationStore
 from storage.features import read_features, sae_fingerprint
-from storage.run import remove
+from storage.layout import remove
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "up_blocks.1.attentions.1"

@@ -4,7 +4,7 @@ from transformers import AutoTokenizer
 from saeuron.minicanvas.prompts import (MAX_LENGTH, PLAIN_TEMPLATES, STYLED_TEMPLATES,
                                         build_tokenizer, prompt_for)
 from saeuron.minicanvas.render import NO_STYLE, OBJECTS, STYLES
-from saeuron.pipeline import check_vocabulary
+from saeuron.diffusion import check_vocabulary
 
 ALL_PROMPTS = [prompt_for(o, s, t) for o in OBJECTS for s in STYLES for t in STYLED_TEMPLATES] + \
     [prompt_for(o, NO_STYLE, t) for o in OBJECTS for t in PLAIN_TEMPLATES]

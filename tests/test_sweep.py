@@ -9,7 +9,7 @@ from saeuron.minicanvas.world import minicanvas_grid
 from saeuron.intervention import Edit
 from saeuron.minicanvas.data import ALL_STYLES, EVAL_SEED_BASE
 from saeuron.minicanvas.render import OBJECTS
-from saeuron.pipeline import load_pipeline
+from saeuron.diffusion import load_pipeline
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.scoring import ConceptMeans, select_features
 from saeuron.sweep import (VAL_SEED_BASE, SweepConfig, sweep_concept, sweep_set,

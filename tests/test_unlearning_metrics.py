@@ -68,7 +68,7 @@ def test_unknown_target_lists_the_known():
 def test_concept_edit_from_a_feature_store_and_a_grid_run(fresh_pipeline_dir, judge):
     import torch
 
-    from saeuron.pipeline import load_pipeline
+    from saeuron.diffusion import load_pipeline
     from saeuron.sae import SAEConfig, SparseAutoencoder
     from saeuron.sampling import schedule_timesteps
     from saeuron.unlearning import concept_edit, unlearned_grid

@@ -139,17 +139,22 @@ def test_bad_classifiers_say_what_is_wrong(classifiers, tmp_path):
         load_timm_vit(tmp_path / "whole_model.pth")
 
 
+def small_world(classifiers) -> tuple[ViTJudge, object]:
+    """The random ViT judge, and a 2 x 2 UnlearnCanvas grid it names (its full grid is 51 x 20)."""
+    root, _, _ = classifiers
+    judge = ViTJudge(ViTJudgeConfig(style=str(root / "style.safetensors"),
+                                    object=str(root / "object.pth"), heads=HEADS))
+    return judge, replace(unlearncanvas_grid(style_set="styles_unlearning"),
+                          objects=("Cats", "Dogs"), styles=("Monet", "Cubism"))
+
+
 def test_the_judge_judges_a_stable_diffusion_grid_and_its_metrics(classifiers, tiny_sd_dir):
-    from saeuron.pipeline import load_pipeline
+    from saeuron.diffusion import load_pipeline
     from saeuron.sae import SAEConfig, SparseAutoencoder
     from saeuron.metrics import unlearning_metrics
     from saeuron.unlearning import unlearned_grid
 
-    root, _, _ = classifiers
-    judge = ViTJudge(ViTJudgeConfig(style=str(root / "style.safetensors"),
-                                    object=str(root / "object.pth"), heads=HEADS))
-    grid = replace(unlearncanvas_grid(style_set="styles_unlearning"), objects=("Cats", "Dogs"),
-                   styles=("Monet", "Cubism"))
+    judge, grid = small_world(classifiers)
     pipe = load_pipeline(tiny_sd_dir)
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=32, expansion_factor=2, k=4))
@@ -180,15 +185,11 @@ def test_the_sweep_judges_a_stable_diffusion_grid_with_its_judge(classifiers, ti
     from saeuron.intervention import Edit
     from saeuron.judging import predict_in
     from saeuron.metrics import Judged, unlearning_metrics
-    from saeuron.pipeline import load_pipeline
+    from saeuron.diffusion import load_pipeline
     from saeuron.sae import SAEConfig, SparseAutoencoder
     from saeuron.sweep import SweepConfig, sampling, sweep_concept, validation_cells
 
-    root, _, _ = classifiers
-    judge = ViTJudge(ViTJudgeConfig(style=str(root / "style.safetensors"),
-                                    object=str(root / "object.pth"), heads=HEADS))
-    grid = replace(unlearncanvas_grid(style_set="styles_unlearning"), objects=("Cats", "Dogs"),
-                   styles=("Monet", "Cubism"))
+    judge, grid = small_world(classifiers)
     pipe, hook = load_pipeline(tiny_sd_dir), "up_blocks.1.attentions.0"
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=32, expansion_factor=2, k=4))
@@ -246,8 +247,7 @@ def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_
     assert {r["concept"] for r in attrs["sweep"]} == {"Cats", "Dogs"}, \
         "the score stage sweeps Stable Diffusion's objects, judged by the ViT classifiers"
     assert all(r["images"] == 4 for r in attrs["sweep"])
-    small = replace(unlearncanvas_grid(style_set="styles_unlearning"), objects=("Cats", "Dogs"),
-                    styles=("Monet", "Cubism"))
+    _, small = small_world(classifiers)
     monkeypatch.setattr(EvaluateConfig, "concept_grid", lambda self: small)  # 51 x 20: 45 s here
     config = EvaluateConfig(model=str(tiny_sd_dir), grid="unlearncanvas", classifier=classifier,
                             style_sets=[], num_steps=2, guidance=2.0)

@@ -20,9 +20,9 @@ from saeuron.minicanvas import JUDGE_DIR, MODEL_DIR
 from saeuron.minicanvas.classifier import Judge, JudgeTrainConfig, train_judge
 from saeuron.minicanvas.data import EVAL_SEED_BASE, RenderBank
 from saeuron.judging import grid_picture
-from saeuron.minicanvas.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_grid
+from saeuron.minicanvas.report_card import DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_grid
 from saeuron.minicanvas.train import DiffusionTrainConfig, Trainer
-from saeuron.pipeline import Pipeline, load_pipeline
+from saeuron.diffusion import Pipeline, load_pipeline
 
 
 def _log(msg: str) -> None:

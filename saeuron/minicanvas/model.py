@@ -9,7 +9,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from saeuron.minicanvas.codec import SpaceToDepthCodec
 from saeuron.minicanvas.prompts import MAX_LENGTH, build_tokenizer
 from saeuron.minicanvas.render import SIZE
-from saeuron.pipeline import Pipeline
+from saeuron.diffusion import Pipeline
 
 TEXT_WIDTH = 64
 BLOCK_CHANNELS = (64, 64, 128)

@@ -24,7 +24,7 @@ from saeuron.minicanvas.data import ALL_STYLES, RenderBank
 from saeuron.minicanvas.model import build_pipeline
 from saeuron.minicanvas.prompts import PLAIN_TEMPLATES, STYLED_TEMPLATES, prompt_for
 from saeuron.minicanvas.render import NO_STYLE, OBJECTS
-from saeuron.pipeline import Pipeline
+from saeuron.diffusion import Pipeline
 from storage.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"

@@ -8,7 +8,7 @@ from saeuron.grid import ConceptGrid
 from saeuron.judging import GridJudge, GridResult, grid_table, judge_grid
 from saeuron.minicanvas.world import minicanvas_grid
 from saeuron.minicanvas.data import EVAL_SEED_BASE
-from saeuron.pipeline import Pipeline
+from saeuron.diffusion import Pipeline
 from saeuron.sampling import Precision, sample
 
 DEFAULT_STEPS = 20
