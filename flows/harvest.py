@@ -14,10 +14,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.stage import cached, holds_root, layout_of
-from saeuron.harvest import Harvest, HarvestConfig, open_store, prepare, split_units
+from saeuron.harvest import Harvest, HarvestConfig, open_store, prepare, repair_stores, split_units
 from saeuron.run import RunConfig
-from storage.activations import ActivationStore
-from storage.layout import RunLayout, fingerprint
+from storage.layout import fingerprint
 from tasks.harvest import harvest_shard
 
 
@@ -54,25 +53,8 @@ def fill_store(checked: Harvest, store_url: str, run: RunConfig, replace: bool) 
     store = open_store(checked, store_url)
     if store.missing_units():
         raise RuntimeError(f"harvest ended with units still missing: {store.missing_units()}")
-    return {"split": config.split, "samples": store.n_samples, "units_written_now": len(missing),
-            "timesteps": len(store.spec.timesteps), "vectors": store.vectors_written(),
-            "bytes_on_disk": store.nbytes_stored(), "seconds": round(time.time() - start, 1)}
-
-
-def repair(layout: RunLayout, splits: list[HarvestConfig]) -> dict[str, list[int]]:
-    """Damaged units (ActivationStore.damaged_units) of the splits' existing stores, marked
-    unwritten so that the harvest writes them again: the same samples give the same values,
-    so nothing downstream changes."""
-    logger = get_run_logger()
-    damaged = {}
-    for split in splits:
-        store = ActivationStore.open_existing(layout.activations(split.split))
-        if store is not None and (units := store.damaged_units()):
-            logger.warning(f"{store.url}: write units {units} are damaged (checksum, decoding "
-                           "or a missing chunk); harvesting them again")
-            store.mark_unwritten(units)
-            damaged[split.split] = units
-    return damaged
+    return {"split": config.split, **store.summary(), "units_written_now": len(missing),
+            "seconds": round(time.time() - start, 1)}
 
 
 @flow(name="harvest")
@@ -84,7 +66,8 @@ def harvest(config: HarvestConfig = HarvestConfig(), run: RunConfig = RunConfig(
     layout = layout_of(run)
     splits = [config, config.model_copy(update={"split": "score", "n_seeds": score_seeds})]
     fp = fingerprint("harvest", [s.fingerprint() for s in splits])
-    damaged = {} if force else repair(layout, splits)
+    damaged = {} if force else repair_stores({s.split: layout.activations(s.split) for s in splits},
+                                             get_run_logger().warning)
     if not damaged and (hit := cached(layout, "harvest", fp, force)):
         return hit
     first = prepare(splits[0])  # every option checked before any work or deletion

@@ -74,10 +74,32 @@ def main(argv: list[str] | None = None) -> None:
               "without starting Prefect (--force STAGE reruns one).")
         print(record["result"]["text"])
         return
-    from flows.pipeline import run_command
-
     result = run_command(args)
     RunLayout(root=known[1]).record_pipeline(known[0], result)
+
+
+def run_command(args: argparse.Namespace) -> dict:
+    """The pipeline flow for the parsed options; prints and returns its result, with the
+    printed summary as "text". (Its imports start torch and Prefect: only here, not for a
+    replayed result.)"""
+    from flows.cli import quiet_libraries, reported
+    from flows.pipeline import pipeline
+    from saeuron.report import run_summary_text
+    from saeuron.run import PipelineConfig, check_pipeline
+
+    quiet_libraries()
+    with reported(None):
+        config = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
+        if args.root:
+            config = config.model_copy(update={"run": config.run.model_copy(update={"root": args.root})})
+        if args.force:
+            config = config.model_copy(update={"force": sorted(set(config.force) | set(args.force))})
+        check_pipeline(config)
+    with reported(config.run.root), RunLayout(root=config.run.root).hold():
+        result = pipeline(config)  # a busy root is refused before Prefect starts
+    result["text"] = run_summary_text(result)
+    print(result["text"])
+    return result
 
 
 if __name__ == "__main__":

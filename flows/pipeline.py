@@ -1,12 +1,11 @@
 """The pipeline flow: harvest -> train -> score -> evaluate as subflows, each cached.
 
 Its command line is flows.launch's (`python -m flows.launch`), which answers a rerun in which
-nothing changed from the run's record without importing this module.
+nothing changed from the run's record without importing this module, else calls it.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from flows.cli import STAGE_NOTE
 from flows.harvest import harvest
 from flows.score import score
 from flows.train import train
-from saeuron.report import summary_table
 from saeuron.run import PipelineConfig, check_pipeline
 from storage.layout import RunLayout
 
@@ -61,33 +59,3 @@ def _pipeline(config: PipelineConfig) -> dict:
     create_table_artifact(table, key="pipeline-stages", description="Stages of this run")
     return {"stages": table, "summary": stages["evaluate"]["metrics"]["summary"],
             "report": stages["evaluate"]["metrics"]["report"], "seconds": round(time.time() - start, 1)}
-
-
-def summary_text(result: dict) -> str:
-    """The one-screen summary of a pipeline run."""
-    lines = ["", "| stage | state | seconds when run |", "|---|---|---|"]
-    lines += [f"| {s['stage']} | {s['state']} | {s['seconds_when_run']} |" for s in result["stages"]]
-    lines += ["", *summary_table(result["summary"]), "",
-              f"report: {result['report']} (image grids beside it; also the 'unlearning-report' "
-              f"artifact in the Prefect UI)", f"pipeline wall time: {result['seconds']} s"]
-    return "\n".join(lines)
-
-
-def run_command(args: argparse.Namespace) -> dict:
-    """The pipeline flow for flows.launch's parsed options; prints and returns its result, with
-    the printed summary as "text"."""
-    from flows.cli import quiet_libraries, reported
-
-    quiet_libraries()
-    with reported(None):
-        config = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
-        if args.root:
-            config = config.model_copy(update={"run": config.run.model_copy(update={"root": args.root})})
-        if args.force:
-            config = config.model_copy(update={"force": sorted(set(config.force) | set(args.force))})
-        check_pipeline(config)
-    with reported(config.run.root), RunLayout(root=config.run.root).hold():
-        result = pipeline(config)  # a busy root is refused before Prefect starts
-    result["text"] = summary_text(result)
-    print(result["text"])
-    return result

@@ -145,6 +145,21 @@ def open_store(h: Harvest, url: str, force: bool = False) -> ActivationStore:
                                   codec=h.cfg.codec)
 
 
+def repair_stores(urls: dict[str, str], warn: Callable[[str], None]) -> dict[str, list[int]]:
+    """Per split, the damaged units (ActivationStore.damaged_units) of its existing store at
+    `urls[split]`, marked unwritten so that the harvest writes them again: the same samples
+    give the same values, so nothing downstream changes."""
+    damaged = {}
+    for split, url in urls.items():
+        store = ActivationStore.open_existing(url)
+        if store is not None and (units := store.damaged_units()):
+            warn(f"{store.url}: write units {units} are damaged (checksum, decoding or a missing "
+                 "chunk); harvesting them again")
+            store.mark_unwritten(units)
+            damaged[split] = units
+    return damaged
+
+
 def harvest_unit(h: Harvest, store: ActivationStore, unit: int) -> int:
     """Sample one write unit with capture on, write it, mark it done; returns its sample count."""
     rows = h.table.iloc[store.unit_samples(unit)]

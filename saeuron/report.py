@@ -166,3 +166,13 @@ def inline_image(path: Path, shrink: int = 3, quality: int = 80) -> str:
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def run_summary_text(result: dict) -> str:
+    """The one-screen summary of a pipeline run (the pipeline flow's result)."""
+    lines = ["", "| stage | state | seconds when run |", "|---|---|---|"]
+    lines += [f"| {s['stage']} | {s['state']} | {s['seconds_when_run']} |" for s in result["stages"]]
+    lines += ["", *summary_table(result["summary"]), "",
+              f"report: {result['report']} (image grids beside it; also the 'unlearning-report' "
+              f"artifact in the Prefect UI)", f"pipeline wall time: {result['seconds']} s"]
+    return "\n".join(lines)

@@ -246,6 +246,11 @@ class ActivationStore:
             total += self.group[hook].nbytes_stored()
         return int(total)
 
+    def summary(self) -> dict[str, int]:
+        """Samples, timesteps, vectors written and bytes on disk: the store at a glance."""
+        return {"samples": self.n_samples, "timesteps": len(self.spec.timesteps),
+                "vectors": self.vectors_written(), "bytes_on_disk": self.nbytes_stored()}
+
     def vectors_written(self) -> int:
         done_samples = sum(self.unit_samples(u).stop - self.unit_samples(u).start
                            for u in np.flatnonzero(self.done()))
