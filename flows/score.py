@@ -35,7 +35,7 @@ def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
                          f"{sorted(trained['outputs'])}")
     fp = fingerprint("score", code_fingerprint("score"), config.model_dump(mode="json"),
                      made(harvested), made(trained),
-                     *([classifier.model_dump(mode="json")] if classifier else []))
+                     classifier and classifier.model_dump(mode="json"))
     if hit := cached(layout, "score", fp, force):
         return hit
     urls = {hook: layout.features(hook) for hook in by_hook}

@@ -113,14 +113,17 @@ def sample_edited_each(pipe: Pipeline, block: str, sae: SparseAutoencoder,
         results = [unedited.images.copy() for _ in edits]
     else:
         touched = [np.arange(len(prompts)) for _ in edits]
-        results = [np.zeros(0, np.uint8) for _ in edits]
+        results = [None] * len(edits)  # each filled by its sampled pictures
     packs: list[list[int]] = [[]]
+    size = 0  # pictures in the last pack
     for e, picked in enumerate(touched):
         if not len(picked):
             continue
-        if packs[-1] and sum(len(touched[i]) for i in packs[-1]) + len(picked) > batch_size:
+        if packs[-1] and size + len(picked) > batch_size:
             packs.append([])
+            size = 0
         packs[-1].append(e)
+        size += len(picked)
     for pack in filter(None, packs):
         picked = np.concatenate([touched[e] for e in pack])
         edit = edits[pack[0]] if len(pack) == 1 else Edits([edits[e] for e in pack],

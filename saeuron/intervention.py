@@ -257,7 +257,7 @@ class Unlearn:
         acts, idx = self.sae.encode(vectors)
         n_latents = self.sae.cfg.n_latents
         groups = (self.edit.groups(b) if isinstance(self.edit, Edits)
-                  else [(self.edit, None)] if self.edit is not None else [])
+                  else [(self.edit, torch.arange(b))] if self.edit is not None else [])
         detecting = any(e is not None and e.detector is not None for e, _ in groups)
         means = (picture_means(acts, idx, b, n_latents) if self.record or detecting else None)
         if self.record:
@@ -268,11 +268,10 @@ class Unlearn:
             for g, (edit, rows) in enumerate(groups):
                 if edit is None:
                     continue
-                mine = slice(None) if rows is None else rows.to(x.device)
-                at = (slice(None) if rows is None else
-                      (mine[:, None] * (h * w) + torch.arange(h * w, device=x.device)).flatten())
+                rows = rows.to(x.device)
+                at = (rows[:, None] * (h * w) + torch.arange(h * w, device=x.device)).flatten()
                 hit, factor = self._hits(edit, g, acts[at], idx[at],
-                                         None if means is None else means[mine], h * w)
+                                         None if means is None else means[rows], h * w)
                 edited[at] = torch.where(hit, factor * acts[at], acts[at])
                 hits += int(hit.sum())
                 selected += int(edit.selected[edit.row(self._t)].sum()) * len(hit)

@@ -78,9 +78,9 @@ def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, hook
     _, mean_all, domains = read_features(features_url, sae_fingerprint(folder))
     gate = config.set_gate if len(concepts) > 1 else None
     pipe = load_pipeline(HarvestConfig(model=config.model).model_path(), device=config.device)
-    judge, scale = config.judge(), 1.0
+    judge, grid, scale = config.judge(), config.concept_grid(), 1.0
     if len(concepts) > 1 and config.set_scales != [1.0]:
-        scale, tried = sweep_set(pipe, judge, config.concept_grid(), sae, hook, domain, concepts,
+        scale, tried = sweep_set(pipe, judge, grid, sae, hook, domain, concepts,
                                  lambda s: concept_edit(mean_all, domains, domain, concepts,
                                                         scale=s, gate=gate),
                                  config.set_scales, config.set_sweep)
@@ -89,7 +89,7 @@ def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, hook
     baseline = Path(out_dir) / "baseline"
     unedited_run = Unedited.load(baseline / UNEDITED)
     result = unlearned_grid(pipe, judge, sae, hook, edit, tuple(config.seeds()),
-                            error_sign=config.error_sign, grid=config.concept_grid(),
+                            error_sign=config.error_sign, grid=grid,
                             unedited=unedited_run if config.reuse_unedited else None,
                             **config.sampling())
     features = np.load(baseline / FEATURES)
