@@ -11,7 +11,9 @@ from flows.stage import cached, code_fingerprint, holds_root, layout_of
 from saeuron.run import RunConfig
 from saeuron.scoring import ScoreConfig
 from saeuron.vit_judge import ViTJudgeConfig
-from storage.layout import fingerprint, made
+from saeuron.world_file import is_world_file
+from saeuron.worlds import DEFAULT
+from storage.layout import content_digest, fingerprint, made
 from tasks.score import score_features
 
 
@@ -19,11 +21,11 @@ from tasks.score import score_features
 @holds_root
 def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
           force: bool = False, classifier: ViTJudgeConfig | None = None,
-          device: str = "cpu") -> dict:
+          device: str = "cpu", grid: str = DEFAULT) -> dict:
     """Score each domain's SAE on the held-out split into the run's feature stores (one per
     hook, holding the domains that hook removes). The sweep judges its validation pictures as
-    the evaluation does: with `classifier` (the evaluation's; None: the embedded world's judge),
-    sampling on `device`."""
+    the evaluation does: with `classifier` (the evaluation's; None: the judge of the world
+    `grid`), sampling on `device`."""
     start = time.time()
     layout = layout_of(run)
     harvested = layout.upstream("harvest", "score")
@@ -35,7 +37,8 @@ def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
                          f"{sorted(trained['outputs'])}")
     fp = fingerprint("score", code_fingerprint("score"), config.model_dump(mode="json"),
                      made(harvested), made(trained),
-                     classifier and classifier.model_dump(mode="json"))
+                     classifier and classifier.model_dump(mode="json"),
+                     *([content_digest(grid)] if is_world_file(grid) else []))
     if hit := cached(layout, "score", fp, force):
         return hit
     urls = {hook: layout.features(hook) for hook in by_hook}
@@ -43,7 +46,7 @@ def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
     summaries = [score_features(harvested["outputs"]["score"], str(layout.sae_dir), urls[hook],
                                 config, hook, domains, run.dask_address,
                                 model=harvested["metrics"].get("model"), classifier=classifier,
-                                device=device)
+                                device=device, grid=grid)
                  for hook, domains in by_hook.items()]
     create_table_artifact(summaries, key="score-summary", description="Selected features")
     outputs = {domain: urls[hook] for hook, domains in by_hook.items() for domain in domains}

@@ -40,3 +40,12 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
     return data
+
+
+def merged(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, mapping by mapping (a preset under a configuration's options)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (merged(out[key], value) if isinstance(value, dict)
+                    and isinstance(out.get(key), dict) else value)
+    return out

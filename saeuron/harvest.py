@@ -23,9 +23,10 @@ import saeuron
 from saeuron.capture import Capture, resolve_blocks
 from saeuron.config import Config
 from saeuron.grid import ConceptGrid
-from saeuron.worlds import WORLDS, get_grid, world
+from saeuron.world_file import is_world_file
+from saeuron.worlds import DEFAULT, GridName, get_grid, is_world, world
 from saeuron.diffusion import Pipeline, load_pipeline
-from saeuron.sampling import Precision, resolve_precision, sample, schedule_timesteps
+from saeuron.sampling import Precision, Scheduler, resolve_precision, sample, schedule_timesteps
 from saeuron.threads import torch_threads
 from storage.activations import ActivationStore, StoreSpec
 from storage.layout import content_digest
@@ -35,9 +36,9 @@ from saeuron.names import SPLIT_SEED_BASE
 
 
 class HarvestConfig(Config):
-    model: str = Field("minicanvas", description="Pipeline folder, or 'minicanvas' for the "
-                       "shipped MiniCanvas model.")
-    grid: Literal["minicanvas", "unlearncanvas"] = Field("minicanvas", description="Concept grid.")
+    model: str = Field(DEFAULT, description="Pipeline folder, or a world (its model; "
+                       "'minicanvas': the shipped MiniCanvas model).")
+    grid: GridName = Field(DEFAULT, description="Concept grid: a world's, or unlearncanvas.")
     anchor_dir: str | None = Field(None, description="UnlearnCanvas only: folder of "
                                    "<Object>.txt anchor prompt files.")
     objects: list[str] | None = Field(None, description="Objects to prompt (default: all).")
@@ -51,10 +52,13 @@ class HarvestConfig(Config):
                              "MiniCanvas's style and object blocks).")
     capture: Literal["output", "delta"] = Field("output", description="Block output, or output "
                                                 "minus input.")
-    num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
+    num_steps: int = Field(20, ge=1, le=1000, description="Sampling steps.")
     timesteps: list[int] | None = Field(None, description="Timestep values to keep (default: "
                                         "every step of the schedule).")
     guidance: float = Field(4.0, ge=1.0, le=50.0, description="Classifier-free guidance scale.")
+    scheduler: Scheduler = Field("model", description="Sampler: the model's own scheduler "
+                                 "(DDIM where it cannot be followed; saeuron/sampling.py), or "
+                                 "ddim, euler, dpm-solver.")
     precision: Precision = Field("float32", description="What the UNet computes in: float32 "
                                  "(default: SAEs trained on bfloat16 activations removed styles "
                                  "less well, BENCHMARKS.md), bfloat16 (autocast), or auto.")
@@ -71,7 +75,7 @@ class HarvestConfig(Config):
                          "more shards to use more cores.")
 
     def model_path(self) -> str:
-        return str(world(self.model).model_dir) if self.model in WORLDS else self.model
+        return str(world(self.model).model_dir) if is_world(self.model) else self.model
 
     def concept_grid(self) -> ConceptGrid:
         options = {"anchor_dir": self.anchor_dir} if self.grid == "unlearncanvas" else {}
@@ -90,6 +94,8 @@ class HarvestConfig(Config):
         data["code"] = saeuron.__version__
         data["model_files"] = content_digest(self.model_path())
         data["precision"] = resolve_precision(self.precision, self.device)
+        if is_world_file(self.grid):  # its prompts, not its path
+            data["grid"] = repr(self.concept_grid())
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -114,12 +120,12 @@ def prepare(cfg: HarvestConfig, pipe: Pipeline | None = None) -> Harvest:
     table = cfg.concept_grid().table(cfg.seeds(), cfg.objects, cfg.styles, cfg.templates)
     pipe = pipe or load_pipeline(cfg.model_path(), device=cfg.device)
     blocks = resolve_blocks(pipe.unet, cfg.hooks)
-    schedule = schedule_timesteps(pipe, cfg.num_steps)
+    schedule = schedule_timesteps(pipe, cfg.num_steps, cfg.scheduler)
     if cfg.timesteps is not None:
         bad = [t for t in cfg.timesteps if t not in schedule]
         if bad or not cfg.timesteps:
             raise ValueError(f"timestep(s) {bad or cfg.timesteps} are not in the {cfg.num_steps}-step "
-                             f"DDIM schedule; its timesteps are {schedule}")
+                             f"schedule (scheduler {cfg.scheduler!r}); its timesteps are {schedule}")
     keep = [t for t in schedule if cfg.timesteps is None or t in cfg.timesteps]
     pipe.check_prompts(list(table.prompt.unique()))
     shapes = _block_shapes(pipe, blocks)
@@ -166,7 +172,8 @@ def harvest_unit(h: Harvest, store: ActivationStore, unit: int) -> int:
     with torch_threads(h.cfg.threads), Capture(h.pipe.unet, list(h.spec.hooks), timesteps=h.spec.timesteps,
                  mode=h.cfg.capture) as cap:
         sample(h.pipe, list(rows.prompt), list(rows.seed), num_steps=h.cfg.num_steps,
-               guidance=h.cfg.guidance, batch_size=len(rows), precision=h.cfg.precision)
+               guidance=h.cfg.guidance, batch_size=len(rows), precision=h.cfg.precision,
+               scheduler=h.cfg.scheduler)
     steps, acts = cap.take()
     if steps != h.spec.timesteps:
         raise RuntimeError(f"captured timesteps {steps} differ from the store's {h.spec.timesteps}")

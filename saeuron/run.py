@@ -6,13 +6,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from saeuron.config import Config
+from saeuron.config import Config, merged
 from saeuron.names import NO_STYLE
 from saeuron.harvest import HarvestConfig, prepare
 from saeuron.sae import SAEConfig
 from saeuron.sae_train import SAETrainConfig
 from saeuron.scoring import DOMAINS, ScoreConfig
 from saeuron.unlearning import EvaluateConfig
+from saeuron.worlds import DEFAULT, WorldName, is_world, world
 from storage.layout import DEFAULT_ROOT
 
 Stage = Literal["harvest", "train", "score", "evaluate"]
@@ -46,7 +47,23 @@ two largest for any p > 100 (1 - 1/n)), so its per-class search of p is the sear
 one feature."""
 
 
+def world_preset(name: str) -> dict:
+    """The options a run of world `name` starts from: its model, grid and blocks in every
+    stage, then the world's own defaults (none for the embedded world: the defaults are its)."""
+    if name == DEFAULT:
+        return {}
+    w = world(name)
+    hooks = list(dict.fromkeys([w.hooks["style"], w.hooks["object"]]))
+    derived = {"harvest": {"model": name, "grid": name, "hooks": hooks},
+               "train": {"hooks": hooks, "overrides": {}}, "score": {"hooks": dict(w.hooks)},
+               "evaluate": {"model": name, "grid": name, "style_sets": []}}
+    return merged(derived, w.defaults)
+
+
 class PipelineConfig(Config):
+    world: WorldName = Field(DEFAULT, description="What the run is about: a registered world or the "
+                       "path of a world file (saeuron/world_file.py); its model, grid, judge, "
+                       "blocks and defaults come before the options below.")
     method: Literal["saeuron", "paper"] = Field(
         "saeuron", description="Defaults of the score section: 'saeuron', this project's "
         "measured best (BENCHMARKS.md); 'paper', the paper's recipe (saeuron.run.PAPER_SCORE). "
@@ -67,12 +84,16 @@ class PipelineConfig(Config):
 
     @model_validator(mode="before")
     @classmethod
-    def _method_defaults(cls, data: object) -> object:
-        if not isinstance(data, dict) or data.get("method") != "paper":
+    def _presets(cls, data: object) -> object:
+        """The world's options, then the method's, under the configuration's own."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v.model_dump() if isinstance(v, Config) else v for k, v in data.items()}
+        if isinstance(data.get("world"), str) and is_world(data["world"]):
+            data = merged(world_preset(data["world"]), data)
+        if data.get("method") != "paper":
             return data
         given = data.get("score") or {}
-        if not isinstance(given, dict):
-            given = given.model_dump()
         sweep = {**PAPER_SCORE["sweep"], **(given.get("sweep") or {})}
         return {**data, "score": {**PAPER_SCORE, **given, "sweep": sweep}}
 
@@ -108,12 +129,13 @@ class PipelineConfig(Config):
 
     def stage_options(self, stage: Stage) -> dict:
         """The stage flow's parameters beyond its section and `run`: the harvest's scoring seeds;
-        for the score stage's sweep, the evaluation's classifier and device (it judges as the
+        for the score stage's sweep, the evaluation's classifier, device and grid (it judges as the
         evaluation does)."""
         if stage == "harvest":
             return {"score_seeds": self.score_seeds}
         if stage == "score":
-            return {"classifier": self.evaluate.classifier, "device": self.evaluate.device}
+            return {"classifier": self.evaluate.classifier, "device": self.evaluate.device,
+                    "grid": self.evaluate.grid}
         return {}
 
 

@@ -1,4 +1,11 @@
-"""The sampling loop: DDIM with classifier-free guidance over any loaded Pipeline.
+"""The sampling loop: a diffusers scheduler with classifier-free guidance over any loaded
+Pipeline.
+
+The scheduler is the model's own ("model") where it takes one UNet call per distinct timestep
+without noise of its own (DDIM, Euler, DPM-Solver++, UniPC, LMS, DEIS), else DDIM from its
+configuration (PNDM, which Stable Diffusion 1.x ships, repeats a timestep; ancestral samplers
+draw noise); or DDIM, Euler or DPM-Solver++ by option. A hook sees one call per timestep, so
+captures and edits key on the timestep's integer value.
 
 The UNet runs in `precision`: "bfloat16" (autocast: weights stay float32, matmuls and
 convolutions run in bfloat16), "float32", or "auto": bfloat16 where the device computes it
@@ -16,13 +23,22 @@ from typing import Callable, ContextManager, Literal
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
+from diffusers import (DDIMScheduler, DEISMultistepScheduler, DPMSolverMultistepScheduler,
+                       EulerDiscreteScheduler, LMSDiscreteScheduler, UniPCMultistepScheduler)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from saeuron.diffusion import Pipeline
 
 
 Precision = Literal["auto", "bfloat16", "float32"]
 """What the UNet computes in during sampling."""
+Scheduler = Literal["model", "ddim", "euler", "dpm-solver"]
+"""The sampler: the model's own scheduler (where it can be followed, else DDIM), or this one."""
+SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler,
+              "dpm-solver": DPMSolverMultistepScheduler}
+FOLLOWED = (DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler,
+            UniPCMultistepScheduler, LMSDiscreteScheduler, DEISMultistepScheduler)
+"""Schedulers a model may ship that sample as they are: one call per timestep, no noise."""
 
 
 def resolve_precision(precision: Precision, device: str | torch.device = "cpu") -> str:
@@ -53,26 +69,38 @@ def initial_latents(pipe: Pipeline, seeds: list[int]) -> torch.Tensor:
     return torch.stack(noise).to(pipe.device, pipe.unet.dtype)
 
 
-def ddim_scheduler(pipe: Pipeline, num_steps: int) -> DDIMScheduler:
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+def make_scheduler(pipe: Pipeline, num_steps: int, kind: Scheduler = "model") -> SchedulerMixin:
+    """A fresh scheduler of `kind` for a run of `num_steps`, from the model's configuration."""
+    if kind == "model":
+        cls = type(pipe.scheduler) if isinstance(pipe.scheduler, FOLLOWED) else DDIMScheduler
+    elif kind in SCHEDULERS:
+        cls = SCHEDULERS[kind]
+    else:
+        raise ValueError(f"unknown scheduler {kind!r}; use 'model', {', '.join(map(repr, SCHEDULERS))}")
+    scheduler = cls.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(num_steps, device=pipe.device)
+    steps = [int(t) for t in scheduler.timesteps]
+    if len(set(steps)) < len(steps):
+        raise ValueError(f"{cls.__name__} at {num_steps} steps visits timestep(s) "
+                         f"{sorted({t for t in steps if steps.count(t) > 1})} twice (as integers); "
+                         "use fewer steps or another scheduler")
     return scheduler
 
 
-def schedule_timesteps(pipe: Pipeline, num_steps: int) -> list[int]:
-    """The timestep values a DDIM run of `num_steps` visits, first to last."""
-    return [int(t) for t in ddim_scheduler(pipe, num_steps).timesteps]
+def schedule_timesteps(pipe: Pipeline, num_steps: int, scheduler: Scheduler = "model") -> list[int]:
+    """The timestep values a run of `num_steps` visits, first to last."""
+    return [int(t) for t in make_scheduler(pipe, num_steps, scheduler).timesteps]
 
 
 @torch.no_grad()
 def sample(pipe: Pipeline, prompts: list[str], seeds: list[int], *, num_steps: int = 20,
            guidance: float = 4.0, batch_size: int = 128,
-           precision: Precision = "auto",
+           precision: Precision = "auto", scheduler: Scheduler = "model",
            progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Images for aligned prompts and seeds, uint8 (N, H, W, 3).
 
-    DDIM (eta 0) with classifier-free guidance: each batch runs as [unconditional, conditional],
-    the UNet in `precision`. `progress(done, total)` is called after each batch.
+    The `scheduler` (make_scheduler) with classifier-free guidance: each batch runs as
+    [unconditional, conditional], the UNet in `precision`. `progress(done, total)` is called after each batch.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -86,14 +114,14 @@ def sample(pipe: Pipeline, prompts: list[str], seeds: list[int], *, num_steps: i
         cond = cond_all[start:start + batch_size]
         latents = initial_latents(pipe, seeds[start:start + batch_size])
         context = torch.cat([uncond.expand(len(cond), -1, -1), cond])
-        scheduler = ddim_scheduler(pipe, num_steps)
-        latents = latents * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
-            model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        steps = make_scheduler(pipe, num_steps, scheduler)
+        latents = latents * steps.init_noise_sigma
+        for t in steps.timesteps:
+            model_in = steps.scale_model_input(torch.cat([latents, latents]), t)
             with autocast:
                 eps = pipe.unet(model_in, t, encoder_hidden_states=context).sample
             eps_u, eps_c = eps.to(latents.dtype).chunk(2)
-            latents = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+            latents = steps.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
         images = pipe.latents_to_images(latents)
         out.append((images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
         if progress:

@@ -38,7 +38,7 @@ from saeuron.metrics import METRICS, Judged, counts, pooled, rates
 from saeuron.names import NO_STYLE, SPLIT_SEED_BASE
 from saeuron.diffusion import Pipeline
 from saeuron.sae import SparseAutoencoder
-from saeuron.sampling import Precision
+from saeuron.sampling import Precision, Scheduler
 
 Metric = Literal["UA", "IRA", "CRA", "kept", "CRA_grid"]
 """A name of saeuron.metrics.METRICS."""
@@ -55,8 +55,11 @@ class SweepConfig(Config):
     own: int = Field(6, ge=1, le=11, description="Cells of the concept judged per seed, for UA.")
     others: int = Field(6, ge=1, le=110, description="Cells of the domain's other concepts "
                         "judged per seed, for IRA.")
-    num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
+    num_steps: int = Field(20, ge=1, le=1000, description="Sampling steps.")
     guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
+    scheduler: Scheduler = Field("model", description="Sampler: the model's own scheduler "
+                                 "(DDIM where it cannot be followed; saeuron/sampling.py), or "
+                                 "ddim, euler, dpm-solver.")
     precision: Precision = Field("auto", description="What the UNet computes in (auto: "
                                  "bfloat16 where the device has native kernels).")
     reuse_unedited: bool = Field(True, description="Sample only the validation pictures a "
@@ -177,7 +180,8 @@ def judge_candidates(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, h
 
 def sampling(cfg: SweepConfig) -> dict:
     """The sampling options of the sweep's pictures."""
-    return {"num_steps": cfg.num_steps, "guidance": cfg.guidance, "precision": cfg.precision}
+    return {"num_steps": cfg.num_steps, "guidance": cfg.guidance, "precision": cfg.precision,
+            "scheduler": cfg.scheduler}
 
 
 def _metrics(counted: dict[str, list[int]], cfg: SweepConfig) -> dict:

@@ -76,7 +76,7 @@ class Unlearner:
         """Pictures (uint8 (N, H, W, 3)) of the prompts at the seeds, with the `unlearn`
         concepts removed where `gate` says (default: each concept's own, as the run chose;
         'detect' edits only pictures in which the concept is seen); `sampling` overrides the
-        run's evaluation options (num_steps, guidance, batch_size, precision)."""
+        run's evaluation options (num_steps, guidance, batch_size, precision, scheduler)."""
         known = self.concepts()
         by_domain: dict[str, list[str]] = {}
         for concept in unlearn:

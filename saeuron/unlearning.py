@@ -16,11 +16,11 @@ from saeuron.names import NO_STYLE, SPLIT_SEED_BASE
 from saeuron.intervention import Edit, Gate, gate_thresholds
 from saeuron.judging import GridJudge, GridResult, grid_table, judge_grid
 from saeuron.diffusion import Pipeline
-from saeuron.sampling import Precision
+from saeuron.sampling import Precision, Scheduler
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import SweepConfig
 from saeuron.vit_judge import ViTJudge, ViTJudgeConfig
-from saeuron.worlds import WORLDS, world
+from saeuron.worlds import DEFAULT, WORLDS, GridName, world
 from storage.features import DomainFeatures
 
 
@@ -52,24 +52,21 @@ def concept_edit(mean_all: np.ndarray, domains: dict[str, DomainFeatures], domai
 
 
 def unlearned_grid(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, block: str,
-                   edit: Edit | None, seeds: tuple[int, ...], *, num_steps: int,
-                   guidance: float, grid: ConceptGrid, error_sign: int = 1,
-                   batch_size: int = 128, precision: Precision = "auto",
-                   unedited: Unedited | None = None) -> GridResult:
+                   edit: Edit | None, seeds: tuple[int, ...], *, grid: ConceptGrid,
+                   error_sign: int = 1, unedited: Unedited | None = None,
+                   **sampling) -> GridResult:
     """Sample and judge the whole objects x styles grid (default MiniCanvas's) with the edit
     applied; given the grid's `unedited` run (unedited_grid, same options), only the pictures
-    the edit touches are sampled (saeuron.edited)."""
+    the edit touches are sampled (saeuron.edited). `sampling`: EvaluateConfig.sampling()'s."""
     grid, table = grid_table(judge, seeds, grid)
     images = sample_edited(pipe, block, sae, edit, list(table.prompt), list(table.seed),
-                           unedited=unedited, error_sign=error_sign, num_steps=num_steps,
-                           guidance=guidance, batch_size=batch_size, precision=precision)
+                           unedited=unedited, error_sign=error_sign, **sampling)
     return judge_grid(judge, images, table, grid, len(seeds))
 
 
 def unedited_grid(pipes: list[Pipeline], judge: GridJudge, saes: dict[str, SparseAutoencoder],
-                  seeds: tuple[int, ...], *, num_steps: int, guidance: float,
-                  grid: ConceptGrid, batch_size: int = 128,
-                  precision: Precision = "auto") -> tuple[GridResult, Unedited]:
+                  seeds: tuple[int, ...], *, grid: ConceptGrid,
+                  **sampling) -> tuple[GridResult, Unedited]:
     """The judged grid without edit, and its run with the latents of each block of `saes`
     recorded, for the targets' unlearned_grid. The grid is split into one consecutive part per
     copy of the model in `pipes`, sampled in parallel threads (one torch thread each: the
@@ -79,9 +76,7 @@ def unedited_grid(pipes: list[Pipeline], judge: GridJudge, saes: dict[str, Spars
 
     def part(i: int) -> Unedited:
         rows = table.iloc[parts[i]]
-        return sample_unedited(pipes[i], saes, list(rows.prompt), list(rows.seed),
-                               num_steps=num_steps, guidance=guidance, batch_size=batch_size,
-                               precision=precision)
+        return sample_unedited(pipes[i], saes, list(rows.prompt), list(rows.seed), **sampling)
 
     with ThreadPoolExecutor(len(pipes)) as pool:
         unedited = Unedited.concat(list(pool.map(part, range(len(pipes)))))
@@ -100,30 +95,31 @@ def reference_features(judge: GridJudge, grid: ConceptGrid, seeds: tuple[int, ..
     return judge.embed(render(list(table["object"]), list(table["style"]), list(table["seed"])))
 
 
-def classifier_grid(classifier: ViTJudgeConfig | None) -> ConceptGrid:
-    """The grid a classifier judges: the embedded world's for its own judge (None); for the
+def classifier_grid(classifier: ViTJudgeConfig | None, grid: str = DEFAULT) -> ConceptGrid:
+    """The grid a classifier judges: world `grid`'s for its own judge (None); for the
     UnlearnCanvas classifiers, the styles the style head names (its size tells styles_60 from
     styles_unlearning; only the heads' shapes are read)."""
     if classifier is None:
-        return world().grid()
+        return world(grid).grid()
     return unlearncanvas_grid(style_set=classifier.style_set())
 
 
-def classifier_judge(classifier: ViTJudgeConfig | None, device: str = "cpu") -> GridJudge:
-    """The embedded world's judge (None), or the UnlearnCanvas classifiers on `device`."""
+def classifier_judge(classifier: ViTJudgeConfig | None, device: str = "cpu",
+                     grid: str = DEFAULT) -> GridJudge:
+    """World `grid`'s judge (None), or the UnlearnCanvas classifiers, on `device`."""
     if classifier is None:
-        return world().judge()
+        return world(grid).judge(device)
     return ViTJudge(classifier, device=device)
 
 
 class EvaluateConfig(Config):
-    model: str = Field("minicanvas", description="Pipeline folder, or 'minicanvas'.")
-    grid: Literal["minicanvas", "unlearncanvas"] = Field(
-        "minicanvas", description="Grid sampled and judged; the harvest's grid. unlearncanvas "
-        "prompts 'An {object} image in {style} style.' over the styles its classifier names.")
+    model: str = Field(DEFAULT, description="Pipeline folder, or a world (its model).")
+    grid: GridName = Field(DEFAULT, description="Grid sampled and judged; the harvest's grid: a "
+                           "world, or unlearncanvas ('An {object} image in {style} style.' over "
+                           "the styles its classifier names).")
     classifier: ViTJudgeConfig | None = Field(None, description="The UnlearnCanvas ViT "
                                               "classifiers, required by (and only for) the "
-                                              "unlearncanvas grid; None: the MiniCanvas judge.")
+                                              "unlearncanvas grid; None: the world's judge.")
     device: str = Field("cpu", description="torch device of sampling and judging (not part of "
                         "the results' fingerprint).")
     styles: list[str] | None = Field(None, description="Style targets, one at a time "
@@ -152,8 +148,11 @@ class EvaluateConfig(Config):
                                         "evaluation seeds (UnlearnCanvas's protocol: [188, 288, "
                                         "588, 688, 888]); none may be a seed of the harvest or "
                                         "scoring split.")
-    num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps.")
+    num_steps: int = Field(20, ge=1, le=1000, description="Sampling steps.")
     guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
+    scheduler: Scheduler = Field("model", description="Sampler: the model's own scheduler "
+                                 "(DDIM where it cannot be followed; saeuron/sampling.py), or "
+                                 "ddim, euler, dpm-solver.")
     precision: Precision = Field("auto", description="What the UNet computes in (auto: "
                                  "bfloat16 where the device has native kernels; "
                                  "saeuron/sampling.py).")
@@ -190,17 +189,17 @@ class EvaluateConfig(Config):
     def _judge_fits_grid(self) -> "EvaluateConfig":
         if (self.grid == "unlearncanvas") != (self.classifier is not None):
             raise ValueError("the unlearncanvas grid is judged by the UnlearnCanvas classifiers "
-                             "(set evaluate.classifier: {style: ..., object: ...}), and the "
-                             f"minicanvas grid by MiniCanvas's judge; got grid {self.grid!r} "
+                             "(set evaluate.classifier: {style: ..., object: ...}), and a "
+                             f"world's grid by the world's judge; got grid {self.grid!r} "
                              f"with classifier {self.classifier}")
         return self
 
     def concept_grid(self) -> ConceptGrid:
         """The evaluation grid (classifier_grid)."""
-        return classifier_grid(self.classifier)
+        return classifier_grid(self.classifier, self.grid)
 
     def judge(self) -> GridJudge:
-        return classifier_judge(self.classifier, self.device)
+        return classifier_judge(self.classifier, self.device, self.grid)
 
     def targets(self, domains: dict[str, DomainFeatures],
                 grid: ConceptGrid) -> list[tuple[str, list[str], str]]:
@@ -221,7 +220,8 @@ class EvaluateConfig(Config):
     def sampling(self) -> dict:
         """The sampling options of the evaluation's pictures."""
         return {"num_steps": self.num_steps, "guidance": self.guidance,
-                "batch_size": self.batch_size, "precision": self.precision}
+                "batch_size": self.batch_size, "precision": self.precision,
+                "scheduler": self.scheduler}
 
     def seeds(self) -> list[int]:
         if self.seed_list is not None:

@@ -183,16 +183,30 @@ def load_timm_vit(path: str | Path, heads: int | None = None) -> ViTForImageClas
 class ViTJudge:
     """The UnlearnCanvas style and object classifiers, with MiniCanvas's Judge interface."""
 
-    def __init__(self, cfg: ViTJudgeConfig, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: ViTJudgeConfig, device: str | torch.device = "cpu",
+                 style_labels: tuple[str, ...] | None = None,
+                 object_labels: tuple[str, ...] | None = None):
+        """`style_labels` / `object_labels`: the heads' class names (a user world's); None:
+        UnlearnCanvas's, the style list told by the head's size."""
         self.cfg, self.device = cfg, torch.device(device)
         self.style_model = load_timm_vit(cfg.style, cfg.heads).to(self.device)
         self.object_model = load_timm_vit(cfg.object, cfg.heads).to(self.device)
         names = unlearncanvas_names()
-        self.style_set = style_set_of(self.style_model.config.num_labels)
-        self.style_labels = tuple(NO_STYLE if s == SEED_IMAGES else s for s in names[self.style_set])
-        """Style names in the head's output order; 'Seed_Images' is the grid's 'none'."""
-        check_objects(cfg.object, self.object_model.config.num_labels)
-        self.object_labels = tuple(names["objects"])
+        if style_labels is None:
+            style_set = style_set_of(self.style_model.config.num_labels)
+            style_labels = tuple(NO_STYLE if s == SEED_IMAGES else s for s in names[style_set])
+        if object_labels is None:
+            check_objects(cfg.object, self.object_model.config.num_labels)
+            object_labels = tuple(names["objects"])
+        for kind, model, labels in (("style", self.style_model, style_labels),
+                                    ("object", self.object_model, object_labels)):
+            if model.config.num_labels != len(labels):
+                raise ValueError(f"the {kind} classifier {getattr(cfg, kind)} has "
+                                 f"{model.config.num_labels} classes but {len(labels)} "
+                                 f"{kind} labels are given: {', '.join(labels)}")
+        self.style_labels, self.object_labels = tuple(style_labels), tuple(object_labels)
+        """Class names in the heads' output order; UnlearnCanvas's 'Seed_Images' is the grid's
+        'none'."""
 
     def preprocess(self, images: np.ndarray, size: int) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> normalised float (N, 3, size, size) on the judge's device."""

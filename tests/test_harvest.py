@@ -18,7 +18,7 @@ from saeuron.capture import Capture
 from saeuron.harvest import HarvestConfig, open_store, prepare, run_units
 from saeuron.diffusion import load_pipeline
 from saeuron.run import RunConfig
-from saeuron.sampling import ddim_scheduler, initial_latents, sample, schedule_timesteps
+from saeuron.sampling import initial_latents, make_scheduler, sample, schedule_timesteps
 from storage.activations import ActivationStore, StoreMismatchError
 from storage.arrays import StoreCorruptError
 from storage.layout import RunLayout
@@ -84,7 +84,7 @@ def test_captured_values_equal_the_block_outputs(which, fresh_pipeline_dir, tiny
     unet = pipe.unet
     with torch.no_grad():
         head = unet.conv_out(unet.conv_act(unet.conv_norm_out(fmap)))
-        scheduler = ddim_scheduler(pipe, 5)
+        scheduler = make_scheduler(pipe, 5)
         latents = initial_latents(pipe, seeds) * scheduler.init_noise_sigma
         direct = unet(scheduler.scale_model_input(latents, first), first,
                       encoder_hidden_states=pipe.encode_prompts(prompts)).sample
@@ -130,7 +130,7 @@ def test_sd_checkpoint_harvest(tiny_sd_dir, tmp_path):
 def test_bad_input_fails_before_sampling(fresh_pipeline_dir):
     with pytest.raises(ValueError, match=r"unknown block\(s\) \['up_blocks.9'\].*up_blocks.1.attentions.1"):
         prepare(small_config(fresh_pipeline_dir, hooks=["up_blocks.9"]))
-    with pytest.raises(ValueError, match=r"timestep\(s\) \[500\] are not in the 4-step DDIM schedule"):
+    with pytest.raises(ValueError, match=r"timestep\(s\) \[500\] are not in the 4-step schedule"):
         prepare(small_config(fresh_pipeline_dir, timesteps=[500]))
     with pytest.raises(ValueError, match=r"unknown object\(s\) \['dragon'\].*circle"):
         prepare(small_config(fresh_pipeline_dir, objects=["dragon"]))

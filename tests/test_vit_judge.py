@@ -106,7 +106,7 @@ def test_both_formats_load_and_the_judge_preprocesses_like_timm(classifiers, tmp
         got = judge.predict(images)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
-    assert judge.style_set == "styles_unlearning" and len(judge.style_labels) == 51
+    assert len(judge.style_labels) == 51 and "none" in judge.style_labels
     assert "none" in judge.style_labels and "Seed_Images" not in judge.style_labels
     small = judge.predict(images[:, ::2, ::2])  # other sizes are resized (bicubic) first
     assert small[0].shape == (5,)
@@ -277,7 +277,8 @@ def test_the_sd_config_names_the_classifiers_and_the_grids_must_agree():
         config.evaluate.concept_grid()
     assert config.score.sweep.style is None and config.score.sweep.object.top_n == [1]
     assert config.stage_options("score") == {"classifier": config.evaluate.classifier,
-                                             "device": "cuda"}, "the sweep judges as evaluate"
+                                             "device": "cuda", "grid": "unlearncanvas"}, \
+        "the sweep judges as evaluate"
     assert config.evaluate.seeds() == [188, 288, 588, 688, 888], "the benchmark's seeds"
     clash = config.model_dump()
     clash["harvest"]["n_seeds"] = 300

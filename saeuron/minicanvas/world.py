@@ -15,7 +15,8 @@ def minicanvas_grid() -> ConceptGrid:
                        styled_templates=STYLED_TEMPLATES, plain_templates=PLAIN_TEMPLATES)
 
 
-def _judge():
+def _judge(device: str = "cpu"):
+    """The shipped judge (it runs on the CPU, whatever the device of sampling)."""
     from saeuron.minicanvas.classifier import Judge  # torch, only when judging
 
     return Judge.load(JUDGE_DIR)

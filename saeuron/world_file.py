@@ -1,0 +1,93 @@
+"""A user's own world as one YAML file: the model, the objects and styles with their prompt
+templates, the blocks whose SAEs remove each domain, and the judge (saeuron.judges).
+
+    model: models/my-sd              # a diffusers folder; relative paths are from this file
+    objects: [apple, pear, plum]
+    styles: [watercolor, pixel_art]  # underscores read as spaces in prompts
+    hooks: {style: up_blocks.1.attentions.2, object: up_blocks.1.attentions.1}
+    judge: {kind: clip, path: models/clip}   # or transformers / timm classifiers
+    defaults: {evaluate: {num_steps: 30}}    # options of the pipeline this world is run with
+
+A configuration names the file as its `world` (saeuron.run.PipelineConfig); the file is read
+where the run is configured, so a world file never needs registering.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from saeuron.config import Config, load_yaml
+from saeuron.grid import ConceptGrid
+from saeuron.judges import JudgeSpec
+from saeuron.names import NO_STYLE
+
+SUFFIXES = (".yaml", ".yml")
+
+
+class WorldHooks(Config):
+    style: str = Field(..., description="Block whose SAE removes styles.")
+    object: str = Field(..., description="Block whose SAE removes objects.")
+
+
+class WorldFile(Config):
+    name: str | None = Field(None, description="The world's name in reports (default: the "
+                             "file's name without its suffix).")
+    model: str = Field(..., description="Folder of the diffusers text-to-image pipeline.")
+    objects: list[str] = Field(..., min_length=2, description="Object concepts.")
+    styles: list[str] = Field(..., min_length=1, description="Style concepts ('none', the "
+                              "unstyled row, is added).")
+    styled_templates: list[str] = Field(["a {object} in {style} style."], min_length=1,
+                                        description="Prompts of a styled cell.")
+    plain_templates: list[str] = Field(["a {object}."], min_length=1, description="Prompts "
+                                       "of an unstyled cell.")
+    hooks: WorldHooks = Field(..., description="The blocks whose SAEs edit each domain.")
+    judge: JudgeSpec = Field(..., description="The classifier that names a picture's concepts.")
+    defaults: dict = Field({}, description="Pipeline options this world runs with, as in a "
+                           "configuration file; the configuration's own options override them.")
+
+    @field_validator("objects", "styles")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        if len(set(names)) < len(names) or NO_STYLE in names or not all(n.strip() for n in names):
+            raise ValueError(f"concept names must be distinct, non-empty and not "
+                             f"{NO_STYLE!r}, got {names}")
+        return names
+
+    @model_validator(mode="after")
+    def _templates(self) -> "WorldFile":
+        for field, needed in (("styled_templates", ("{object}", "{style}")),
+                              ("plain_templates", ("{object}",))):
+            for template in getattr(self, field):
+                missing = [p for p in needed if p not in template]
+                if missing or ("{style}" in template and field == "plain_templates"):
+                    raise ValueError(f"{field}: {template!r} must hold {' and '.join(needed)}"
+                                     + (" and no {style}" if field == "plain_templates" else ""))
+        return self
+
+    def grid(self) -> ConceptGrid:
+        return ConceptGrid(name=self.name or "world", objects=tuple(self.objects),
+                           styles=tuple(self.styles), styled_templates=tuple(self.styled_templates),
+                           plain_templates=tuple(self.plain_templates))
+
+
+def is_world_file(name: str) -> bool:
+    return name.endswith(SUFFIXES)
+
+
+def read_world_file(path: str | Path) -> WorldFile:
+    """The checked world file at `path`, its relative paths resolved from its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"world file {str(path)!r} does not exist")
+    try:
+        spec = WorldFile.model_validate(load_yaml(path))
+    except ValueError as err:
+        raise ValueError(f"world file {path}: {err}") from None
+    here = path.resolve().parent
+    resolve = lambda p: str(p if Path(p).is_absolute() else here / p)  # noqa: E731
+    paths = {k: resolve(getattr(spec.judge, k)) for k in ("style", "object", "path")
+             if hasattr(spec.judge, k)}
+    return spec.model_copy(update={"name": spec.name or path.stem, "model": resolve(spec.model),
+                                   "judge": spec.judge.model_copy(update=paths)})
