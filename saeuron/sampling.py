@@ -100,7 +100,8 @@ def sample(pipe: Pipeline, prompts: list[str], seeds: list[int], *, num_steps: i
     """Images for aligned prompts and seeds, uint8 (N, H, W, 3).
 
     The `scheduler` (make_scheduler) with classifier-free guidance: each batch runs as
-    [unconditional, conditional], the UNet in `precision`. `progress(done, total)` is called after each batch.
+    [unconditional, conditional], the UNet in `precision`. `progress(done, total)` is called
+    after each batch.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")

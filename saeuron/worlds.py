@@ -82,17 +82,16 @@ def get_grid(name: str, **options: object) -> ConceptGrid:
     return world(name).grid()
 
 
+def _known_world(name: str) -> str:
+    world(name)  # an unknown name, or a world file that is missing or wrong, raises here
+    return name
+
+
 def _known_grid(name: str) -> str:
     if name != "unlearncanvas" and not is_world(name):
         raise ValueError(f"unknown grid {name!r}; use {', '.join(WORLDS)}, unlearncanvas, or the "
                          "path of a world file (.yaml)")
-    if name not in WORLDS and name != "unlearncanvas" and not Path(name).is_file():
-        raise ValueError(f"world file {name!r} does not exist")
-    return name
-
-
-def _known_world(name: str) -> str:
-    return world(name).name and name
+    return name if name == "unlearncanvas" else _known_world(name)
 
 
 GridName = Annotated[str, AfterValidator(_known_grid)]
