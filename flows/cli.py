@@ -143,14 +143,16 @@ def load_stage_config(name: str, config_cls: type[Config],
     return config_cls.from_yaml(path), RunConfig(), {}
 
 
-def run_stage_cli(name: str, flow: Callable, config_cls: type[Config], argv: list[str] | None,
-                  extra: Callable[[argparse.ArgumentParser], Any] | None = None,
-                  kwargs: Callable[[argparse.Namespace], dict] | None = None) -> None:
-    """`python -m flows.<name>`: one stage on a run root whose upstream stages are done."""
+def stage_main(flow: Callable, argv: list[str] | None = None) -> None:
+    """`python -m flows.<stage>`: one stage (`flow`) on a run root whose upstream stages are
+    done, its options from the stage's section of a configuration file."""
     quiet_libraries()
+    name = flow.name
+    config_cls = PipelineConfig.model_fields[name].annotation
     parser = run_parser(f"python -m flows.{name}", flow.__doc__)
-    if extra:
-        extra(parser)
+    if name == "harvest":
+        parser.add_argument("--score-seeds", type=int, help="seeds per prompt of the scoring "
+                            "split (default 1, or the pipeline configuration's)")
     args = parser.parse_args(argv)
     with reported(None, name):
         config, run, options = load_stage_config(name, config_cls, args.config)
@@ -160,5 +162,7 @@ def run_stage_cli(name: str, flow: Callable, config_cls: type[Config], argv: lis
     with reported(run.root, name), layout_of(run).hold():
         for stage in UPSTREAM[name]:
             layout_of(run).upstream(stage, name)
-        result = flow(config, run, force=args.force, **(options | (kwargs(args) if kwargs else {})))
+        if getattr(args, "score_seeds", None) is not None:
+            options["score_seeds"] = args.score_seeds
+        result = flow(config, run, force=args.force, **options)
     print({k: result[k] for k in ("stage", "fingerprint", "outputs", "metrics")})

@@ -20,6 +20,9 @@ from flows.train import train
 from saeuron.run import PipelineConfig, check_pipeline
 from storage.layout import RunLayout
 
+STAGES = {"harvest": harvest, "train": train, "score": score, "evaluate": evaluate}
+"""The stage flows, in the order they run."""
+
 
 @flow(name="pipeline")
 def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
@@ -38,16 +41,9 @@ def _pipeline(config: PipelineConfig) -> dict:
     (root / "config.yaml").write_text(config.to_yaml())
     force = set(config.force)
     stages = {}
-    for name, call in (
-            ("harvest", lambda: harvest(config.harvest, config.run, force="harvest" in force,
-                                        return_state=True, **config.stage_options("harvest"))),
-            ("train", lambda: train(config.train, config.run, force="train" in force,
-                                    return_state=True)),
-            ("score", lambda: score(config.score, config.run, force="score" in force,
-                                    return_state=True, **config.stage_options("score"))),
-            ("evaluate", lambda: evaluate(config.evaluate, config.run, force="evaluate" in force,
-                                          return_state=True))):
-        state = call()
+    for name, stage in STAGES.items():
+        state = stage(getattr(config, name), config.run, force=name in force, return_state=True,
+                      **config.stage_options(name))
         try:
             stages[name] = {"state": state.name, **state.result()}
         except Exception as error:

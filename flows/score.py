@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows.stage import cached, code_fingerprint, holds_root, layout_of
 from saeuron.run import RunConfig
+from saeuron.sampling import SamplingConfig
 from saeuron.scoring import ScoreConfig
 from saeuron.vit_judge import ViTJudgeConfig
 from saeuron.world_file import is_world_file
@@ -21,11 +22,11 @@ from tasks.score import score_features
 @holds_root
 def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
           force: bool = False, classifier: ViTJudgeConfig | None = None,
-          device: str = "cpu", grid: str = DEFAULT) -> dict:
+          sampling: SamplingConfig = SamplingConfig(), grid: str = DEFAULT) -> dict:
     """Score each domain's SAE on the held-out split into the run's feature stores (one per
-    hook, holding the domains that hook removes). The sweep judges its validation pictures as
-    the evaluation does: with `classifier` (the evaluation's; None: the judge of the world
-    `grid`), sampling on `device`."""
+    hook, holding the domains that hook removes). The sweep samples and judges its validation
+    pictures as the evaluation does: `sampling`, and `classifier` (the evaluation's; None: the
+    judge of the world `grid`)."""
     start = time.time()
     layout = layout_of(run)
     harvested = layout.upstream("harvest", "score")
@@ -38,6 +39,7 @@ def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
     fp = fingerprint("score", code_fingerprint("score"), config.model_dump(mode="json"),
                      made(harvested), made(trained),
                      classifier and classifier.model_dump(mode="json"),
+                     config.sweep.domains() and sampling.fingerprint(),
                      *([content_digest(grid)] if is_world_file(grid) else []))
     if hit := cached(layout, "score", fp, force):
         return hit
@@ -46,7 +48,7 @@ def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
     summaries = [score_features(harvested["outputs"]["score"], str(layout.sae_dir), urls[hook],
                                 config, hook, domains, run.dask_address,
                                 model=harvested["metrics"].get("model"), classifier=classifier,
-                                device=device, grid=grid)
+                                sampling=sampling, grid=grid)
                  for hook, domains in by_hook.items()]
     create_table_artifact(summaries, key="score-summary", description="Selected features")
     outputs = {domain: urls[hook] for hook, domains in by_hook.items() for domain in domains}
@@ -55,11 +57,7 @@ def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
                                                         "train": trained["fingerprint"]})
 
 
-def main(argv: list[str] | None = None) -> None:
-    from flows.cli import run_stage_cli
-
-    run_stage_cli("score", score, ScoreConfig, argv)
-
-
 if __name__ == "__main__":
-    main()
+    from flows.cli import stage_main
+
+    stage_main(score)

@@ -14,6 +14,8 @@ from typing import Any, Callable, TypeVar
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, State
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
 
 from saeuron.run import RunConfig
 from storage.layout import RunLayout, fingerprint
@@ -26,6 +28,13 @@ LIBRARY = ("saeuron", "storage", "tasks")
 
 def layout_of(run: RunConfig) -> RunLayout:
     return RunLayout(root=run.root, stores=run.stores)
+
+
+def shard_runner(run: RunConfig) -> TaskRunner:
+    """The task runner of a stage's shards: the run's Dask cluster, else `run.shards` threads."""
+    if run.dask_address:
+        return DaskTaskRunner(address=run.dask_address)
+    return ThreadPoolTaskRunner(max_workers=run.shards)
 
 
 def holds_root(body: Callable[..., T]) -> Callable[..., T]:

@@ -39,11 +39,7 @@ def train(config: SAETrainConfig = SAETrainConfig(), run: RunConfig = RunConfig(
                          time.time() - start, upstream={"harvest": upstream["fingerprint"]})
 
 
-def main(argv: list[str] | None = None) -> None:
-    from flows.cli import run_stage_cli
-
-    run_stage_cli("train", train, SAETrainConfig, argv)
-
-
 if __name__ == "__main__":
-    main()
+    from flows.cli import stage_main
+
+    stage_main(train)

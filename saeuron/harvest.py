@@ -26,7 +26,8 @@ from saeuron.grid import ConceptGrid
 from saeuron.world_file import is_world_file
 from saeuron.worlds import DEFAULT, GridName, get_grid, is_world, world
 from saeuron.diffusion import Pipeline, load_pipeline
-from saeuron.sampling import Precision, Scheduler, resolve_precision, sample, schedule_timesteps
+from saeuron.sampling import (Precision, SamplingConfig, resolve_precision, sample,
+                              schedule_timesteps)
 from saeuron.threads import torch_threads
 from storage.activations import ActivationStore, StoreSpec
 from storage.layout import content_digest
@@ -52,13 +53,11 @@ class HarvestConfig(Config):
                              "MiniCanvas's style and object blocks).")
     capture: Literal["output", "delta"] = Field("output", description="Block output, or output "
                                                 "minus input.")
-    num_steps: int = Field(20, ge=1, le=1000, description="Sampling steps.")
+    num_steps: int | None = Field(None, ge=1, le=1000, description="Sampling steps of the "
+                                  "harvest (None: sampling.num_steps; the paper harvests at 50 "
+                                  "and evaluates at 100).")
     timesteps: list[int] | None = Field(None, description="Timestep values to keep (default: "
                                         "every step of the schedule).")
-    guidance: float = Field(4.0, ge=1.0, le=50.0, description="Classifier-free guidance scale.")
-    scheduler: Scheduler = Field("model", description="Sampler: the model's own scheduler "
-                                 "(DDIM where it cannot be followed; saeuron/sampling.py), or "
-                                 "ddim, euler, dpm-solver.")
     precision: Precision = Field("float32", description="What the UNet computes in: float32 "
                                  "(default: SAEs trained on bfloat16 activations removed styles "
                                  "less well, BENCHMARKS.md), bfloat16 (autocast), or auto.")
@@ -68,7 +67,6 @@ class HarvestConfig(Config):
     codec: Literal["blosc-zstd", "blosc-zstd-bitshuffle", "blosc-lz4", "zstd", "none"] = Field(
         "blosc-zstd-bitshuffle", description="Compressor of the activation chunks "
         "(see BENCHMARKS.md).")
-    device: str = Field("cpu", description="torch device for sampling.")
     threads: int = Field(1, ge=1, le=256, description="torch CPU threads per shard. Float "
                          "sums depend on it, so it is part of the configuration: a store is "
                          "bit-identical across resumes and workers at one thread count. Run "
@@ -86,14 +84,23 @@ class HarvestConfig(Config):
     def seeds(self) -> list[int]:
         return [SPLIT_SEED_BASE[self.split] + i for i in range(self.n_seeds)]
 
-    def fingerprint(self) -> str:
-        """What the stored bytes depend on: everything but the device (the precision as
-        resolved on it), the code version, and the model's files (weights replaced in place
-        harvest again)."""
-        data = self.model_dump(exclude={"device"})
+    def sampling(self, shared: SamplingConfig) -> SamplingConfig:
+        """The run's sampling as the harvest does it: its own steps (if set) and precision, one
+        write unit per batch."""
+        return shared.model_copy(update={"num_steps": self.num_steps or shared.num_steps,
+                                         "precision": self.precision,
+                                         "batch_size": self.samples_per_chunk})
+
+    def fingerprint(self, shared: SamplingConfig) -> str:
+        """What the stored bytes depend on: the options, the sampling (the precision as
+        resolved on the device, not the device), the code version, and the model's files
+        (weights replaced in place harvest again)."""
+        sampling = self.sampling(shared)
+        data = self.model_dump()
+        data["sampling"] = sampling.model_dump(include={"num_steps", "guidance", "scheduler"})
         data["code"] = saeuron.__version__
         data["model_files"] = content_digest(self.model_path())
-        data["precision"] = resolve_precision(self.precision, self.device)
+        data["precision"] = resolve_precision(sampling.precision, sampling.device)
         if is_world_file(self.grid):  # its prompts, not its path
             data["grid"] = repr(self.concept_grid())
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -109,29 +116,38 @@ class Harvest:
     """A checked harvest: the loaded model, the prompt table and the store's shape."""
 
     cfg: HarvestConfig
+    sampling: SamplingConfig
+    """The run's sampling as the harvest does it (HarvestConfig.sampling)."""
     pipe: Pipeline
     table: pd.DataFrame
     spec: StoreSpec
 
+    def fingerprint(self) -> str:
+        return self.cfg.fingerprint(self.sampling)
 
-def prepare(cfg: HarvestConfig, pipe: Pipeline | None = None) -> Harvest:
+
+def prepare(cfg: HarvestConfig, shared: SamplingConfig = SamplingConfig(),
+            pipe: Pipeline | None = None) -> Harvest:
     """Load the model (or take `pipe`, loaded from cfg.model) and check every option against
-    it; no sampling happens here."""
+    it, sampling as `shared` says (with the harvest's own steps and precision); no sampling
+    happens here."""
     table = cfg.concept_grid().table(cfg.seeds(), cfg.objects, cfg.styles, cfg.templates)
-    pipe = pipe or load_pipeline(cfg.model_path(), device=cfg.device)
+    sampling = cfg.sampling(shared)
+    pipe = pipe or load_pipeline(cfg.model_path(), device=sampling.device)
     blocks = resolve_blocks(pipe.unet, cfg.hooks)
-    schedule = schedule_timesteps(pipe, cfg.num_steps, cfg.scheduler)
+    schedule = schedule_timesteps(pipe, sampling.num_steps, sampling.scheduler)
     if cfg.timesteps is not None:
         bad = [t for t in cfg.timesteps if t not in schedule]
         if bad or not cfg.timesteps:
-            raise ValueError(f"timestep(s) {bad or cfg.timesteps} are not in the {cfg.num_steps}-step "
-                             f"schedule (scheduler {cfg.scheduler!r}); its timesteps are {schedule}")
+            raise ValueError(f"timestep(s) {bad or cfg.timesteps} are not in the "
+                             f"{sampling.num_steps}-step schedule (scheduler "
+                             f"{sampling.scheduler!r}); its timesteps are {schedule}")
     keep = [t for t in schedule if cfg.timesteps is None or t in cfg.timesteps]
     pipe.check_prompts(list(table.prompt.unique()))
     shapes = _block_shapes(pipe, blocks)
     spec = StoreSpec(hooks=shapes, timesteps=keep, samples_per_chunk=cfg.samples_per_chunk,
                      dtype=cfg.dtype)
-    return Harvest(cfg=cfg, pipe=pipe, table=table, spec=spec)
+    return Harvest(cfg=cfg, sampling=sampling, pipe=pipe, table=table, spec=spec)
 
 
 def _block_shapes(pipe: Pipeline, blocks: dict) -> dict[str, tuple[int, int]]:
@@ -146,8 +162,9 @@ def _block_shapes(pipe: Pipeline, blocks: dict) -> dict[str, tuple[int, int]]:
 
 def open_store(h: Harvest, url: str, force: bool = False) -> ActivationStore:
     """Create the store for this harvest, or reopen it to resume (see ActivationStore.create)."""
-    return ActivationStore.create(url, h.spec, h.table, fingerprint=h.cfg.fingerprint(),
-                                  config=h.cfg.model_dump(mode="json"), force=force,
+    return ActivationStore.create(url, h.spec, h.table, fingerprint=h.fingerprint(),
+                                  config={**h.cfg.model_dump(mode="json"),
+                                          "sampling": h.sampling.fingerprint()}, force=force,
                                   codec=h.cfg.codec)
 
 
@@ -171,9 +188,8 @@ def harvest_unit(h: Harvest, store: ActivationStore, unit: int) -> int:
     rows = h.table.iloc[store.unit_samples(unit)]
     with torch_threads(h.cfg.threads), Capture(h.pipe.unet, list(h.spec.hooks), timesteps=h.spec.timesteps,
                  mode=h.cfg.capture) as cap:
-        sample(h.pipe, list(rows.prompt), list(rows.seed), num_steps=h.cfg.num_steps,
-               guidance=h.cfg.guidance, batch_size=len(rows), precision=h.cfg.precision,
-               scheduler=h.cfg.scheduler)
+        sample(h.pipe, list(rows.prompt), list(rows.seed),
+               **(h.sampling.options() | {"batch_size": len(rows)}))
     steps, acts = cap.take()
     if steps != h.spec.timesteps:
         raise RuntimeError(f"captured timesteps {steps} differ from the store's {h.spec.timesteps}")

@@ -11,6 +11,7 @@ from saeuron.names import NO_STYLE
 from saeuron.harvest import HarvestConfig, prepare
 from saeuron.sae import SAEConfig
 from saeuron.sae_train import SAETrainConfig
+from saeuron.sampling import SamplingConfig
 from saeuron.scoring import DOMAINS, ScoreConfig
 from saeuron.unlearning import EvaluateConfig
 from saeuron.worlds import DEFAULT, WorldName, is_world, world
@@ -70,6 +71,9 @@ class PipelineConfig(Config):
         "Options set in the score section override either.")
     run: RunConfig = Field(default_factory=RunConfig, description="Where the run lives, where "
                            "it computes.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How every "
+                                     "stage samples the model (the harvest with its own steps "
+                                     "and precision where its section sets them).")
     harvest: HarvestConfig = Field(default_factory=HarvestConfig, description="Harvest of the "
                                    "SAE training split.")
     score_seeds: int = Field(1, ge=1, le=100_000, description="Seeds per prompt of the held-out "
@@ -128,14 +132,16 @@ class PipelineConfig(Config):
         return self.harvest.model_copy(update={"split": "score", "n_seeds": self.score_seeds})
 
     def stage_options(self, stage: Stage) -> dict:
-        """The stage flow's parameters beyond its section and `run`: the harvest's scoring seeds;
-        for the score stage's sweep, the evaluation's classifier, device and grid (it judges as the
-        evaluation does)."""
+        """The stage flow's parameters beyond its section and `run`: the sampling of every stage
+        that samples; the harvest's scoring seeds; for the score stage's sweep, the evaluation's
+        classifier and grid (it judges as the evaluation does)."""
         if stage == "harvest":
-            return {"score_seeds": self.score_seeds}
+            return {"score_seeds": self.score_seeds, "sampling": self.sampling}
         if stage == "score":
-            return {"classifier": self.evaluate.classifier, "device": self.evaluate.device,
+            return {"classifier": self.evaluate.classifier, "sampling": self.sampling,
                     "grid": self.evaluate.grid}
+        if stage == "evaluate":
+            return {"sampling": self.sampling}
         return {}
 
 
@@ -149,8 +155,8 @@ def check_pipeline(cfg: PipelineConfig) -> None:
     key = cfg.model_dump_json()
     if key in _CHECKED:
         return
-    harvested = prepare(cfg.harvest)
-    prepare(cfg.score_harvest(), harvested.pipe)
+    harvested = prepare(cfg.harvest, cfg.sampling)
+    prepare(cfg.score_harvest(), cfg.sampling, harvested.pipe)
     for domain in DOMAINS:
         hook = getattr(cfg.score.hooks, domain)
         sae = SAEConfig(d_in=harvested.spec.hooks[hook][1],

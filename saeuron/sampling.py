@@ -14,6 +14,10 @@ float32. Without native kernels bfloat16 convolutions fall back to a slow refere
 (26x slower than float32 on an AVX2-only CPU; BENCHMARKS.md), hence the default. The guidance
 combination, the scheduler and the decoder stay in float32, and so do the hooks' SAE
 encodings (saeuron.intervention). Each is deterministic at a fixed thread count.
+
+`SamplingConfig` is how a run samples: one block that the sweeps and the evaluation share (the
+sweep must sample as the evaluation does to choose for it), and that the harvest follows but
+for its own number of steps and precision (HarvestConfig).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import torch
 from diffusers import (DDIMScheduler, DEISMultistepScheduler, DPMSolverMultistepScheduler,
                        EulerDiscreteScheduler, LMSDiscreteScheduler, UniPCMultistepScheduler)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from pydantic import Field
 
+from saeuron.config import Config
 from saeuron.diffusion import Pipeline
 
 
@@ -39,6 +45,37 @@ SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler,
 FOLLOWED = (DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler,
             UniPCMultistepScheduler, LMSDiscreteScheduler, DEISMultistepScheduler)
 """Schedulers a model may ship that sample as they are: one call per timestep, no noise."""
+
+
+class SamplingConfig(Config):
+    """How a run samples the model: the sweeps and the evaluation as given, the harvest with
+    its own steps and precision where its section sets them."""
+
+    num_steps: int = Field(20, ge=1, le=1000, description="Sampling steps.")
+    guidance: float = Field(4.0, ge=1.0, le=50.0, description="Classifier-free guidance scale.")
+    scheduler: Scheduler = Field("model", description="Sampler: the model's own scheduler "
+                                 "(DDIM where it cannot be followed; saeuron/sampling.py), or "
+                                 "ddim, euler, dpm-solver.")
+    precision: Precision = Field("auto", description="What the UNet computes in (auto: bfloat16 "
+                                 "where the device has native kernels); the harvest's is "
+                                 "harvest.precision.")
+    batch_size: int = Field(128, ge=1, le=4096, description="Pictures per UNet batch (the "
+                            "harvest's: harvest.samples_per_chunk).")
+    reuse_unedited: bool = Field(True, description="Sample only the pictures a detecting edit "
+                                 "touches; the others are the unedited ones (the same pictures, "
+                                 "sampled once; saeuron/edited.py). False: every picture for "
+                                 "every edit.")
+    device: str = Field("cpu", description="torch device of sampling and judging (not part of "
+                        "the results' fingerprint).")
+
+    def options(self) -> dict:
+        """The keyword options of `sample`."""
+        return self.model_dump(include={"num_steps", "guidance", "scheduler", "precision",
+                                        "batch_size"})
+
+    def fingerprint(self) -> dict:
+        """What sampled results depend on: every option but the device."""
+        return self.model_dump(mode="json", exclude={"device"})
 
 
 def resolve_precision(precision: Precision, device: str | torch.device = "cpu") -> str:

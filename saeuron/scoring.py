@@ -181,6 +181,12 @@ class DomainSweeps(Config):
     style: SweepConfig | None = Field(None, description="Sweep of the style concepts (None: "
                                       "top_n and multiplier for all).")
     object: SweepConfig | None = Field(None, description="Sweep of the object concepts.")
+    workers: int = Field(2, ge=1, le=64, description="Concepts swept at once (threads, each "
+                         "with its own copy of the model, one torch thread each).")
+
+    def domains(self) -> list[str]:
+        """The domains swept (whose sweep samples the model)."""
+        return [d for d in DOMAINS if getattr(self, d) is not None]
 
 
 def default_sweeps() -> DomainSweeps:

@@ -15,6 +15,7 @@ from saeuron.judging import GridJudge
 from saeuron.names import NO_STYLE
 from saeuron.diffusion import Pipeline
 from saeuron.sae import SparseAutoencoder
+from saeuron.sampling import SamplingConfig
 from saeuron.scoring import ConceptMeans, ScoreConfig, select_features
 from saeuron.sweep import sweep_concept
 from saeuron.threads import torch_threads
@@ -39,10 +40,12 @@ def select(m: ConceptMeans, config: ScoreConfig, top_n: int | None = None) -> Do
 
 def sweep_domains(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures],
                   swept: list[str], mean_all: np.ndarray, sae: SparseAutoencoder, hook: str,
-                  config: ScoreConfig, pipes: list[Pipeline], judge: GridJudge,
+                  config: ScoreConfig, sampling: SamplingConfig, pipes: list[Pipeline],
+                  judge: GridJudge,
                   grid: ConceptGrid, log: Callable[[str], None] = print) -> list[dict]:
     """Choose (top_n, multiplier, gate) per concept of the `swept` domains, in place in
-    `domains`; the sweep's rows, judged by `judge` on validation cells of `grid`. Concepts
+    `domains`; the sweep's rows, judged by `judge` on validation cells of `grid`, sampled as
+    `sampling` says. Concepts
     are swept in parallel threads, one per copy of the model in `pipes` (one torch thread each)."""
     free: Queue = Queue()
     for pipe in pipes:
@@ -65,7 +68,7 @@ def sweep_domains(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatu
         pipe = free.get()
         try:
             return sweep_concept(pipe, judge, grid, sae, hook, name, d.concepts[c], edit,
-                                 getattr(config.sweep, name), config.gate)
+                                 getattr(config.sweep, name), sampling, config.gate)
         finally:
             free.put(pipe)
 

@@ -38,7 +38,7 @@ from saeuron.metrics import METRICS, Judged, counts, pooled, rates
 from saeuron.names import NO_STYLE, SPLIT_SEED_BASE
 from saeuron.diffusion import Pipeline
 from saeuron.sae import SparseAutoencoder
-from saeuron.sampling import Precision, Scheduler
+from saeuron.sampling import SamplingConfig
 
 Metric = Literal["UA", "IRA", "CRA", "kept", "CRA_grid"]
 """A name of saeuron.metrics.METRICS."""
@@ -46,36 +46,37 @@ VAL_SEED_BASE = SPLIT_SEED_BASE["val"]
 """First seed of the validation split (saeuron.names)."""
 
 
-class SweepConfig(Config):
-    top_n: list[int] = Field([1, 3, 10], min_length=1, description="Candidate features per "
-                             "timestep.")
-    multipliers: list[float] = Field([-3.0, -10.0, -30.0], min_length=1,
-                                     description="Candidate gammas (negative).")
+class ValidationConfig(Config):
+    """Which validation pictures judge an edit, and how a choice is made from them."""
+
     n_seeds: int = Field(1, ge=1, le=100, description="Validation seeds per cell.")
     own: int = Field(6, ge=1, le=11, description="Cells of the concept judged per seed, for UA.")
     others: int = Field(6, ge=1, le=110, description="Cells of the domain's other concepts "
                         "judged per seed, for IRA.")
-    num_steps: int = Field(20, ge=1, le=1000, description="Sampling steps.")
-    guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
-    scheduler: Scheduler = Field("model", description="Sampler: the model's own scheduler "
-                                 "(DDIM where it cannot be followed; saeuron/sampling.py), or "
-                                 "ddim, euler, dpm-solver.")
-    precision: Precision = Field("auto", description="What the UNet computes in (auto: "
-                                 "bfloat16 where the device has native kernels).")
-    reuse_unedited: bool = Field(True, description="Sample only the validation pictures a "
-                                 "detecting edit touches; the others are the unedited ones "
-                                 "(the same pictures, sampled once). False: sample every "
-                                 "picture for every candidate.")
     objective: list[Metric] = Field(
-        ["UA", "IRA"], min_length=1, description="The metrics (saeuron.metrics) whose mean the "
-        "sweep maximises: UA and IRA as the paper; add CRA_grid (the other domain on every "
-        "picture) or kept (the other domain on the target's own pictures) for edits that must "
-        "spare the other domain.")
+        ["UA", "IRA"], min_length=1, description="The metrics (saeuron.metrics) whose mean is "
+        "maximised: UA and IRA as the paper; add CRA_grid (the other domain on every picture) "
+        "or kept (the other domain on the target's own pictures) for edits that must spare the "
+        "other domain.")
     finalists: int = Field(3, ge=0, le=100, description="Best candidates judged again on "
                            "finalist_seeds more validation seeds, then chosen on all their "
                            "pictures (0: choose on the first judgement).")
     finalist_seeds: int = Field(1, ge=1, le=100, description="Validation seeds of the finalists' "
                                 "second judgement (after the first n_seeds).")
+
+    @field_validator("objective")
+    @classmethod
+    def _distinct(cls, values: list[str]) -> list[str]:
+        return [m for m in METRICS if m in values]
+
+
+class SweepConfig(ValidationConfig):
+    """A domain's per-concept sweep: the candidates, and the order and stop of their judging."""
+
+    top_n: list[int] = Field([1, 3, 10], min_length=1, description="Candidate features per "
+                             "timestep.")
+    multipliers: list[float] = Field([-3.0, -10.0, -30.0], min_length=1,
+                                     description="Candidate gammas (negative).")
     prefer: Literal["weaker", "stronger"] = Field(
         "weaker", description="Which of two candidates with the same objective is kept: the "
         "'weaker' (smaller n, then weaker multiplier; the edit that changes least) or the "
@@ -95,8 +96,6 @@ class SweepConfig(Config):
         "and the concept's gate is stored with its selection. None: never.")
     fallback_below: float = Field(0.75, ge=0, le=1, description="Validation UA below which the "
                                   "fallback gate is tried.")
-    workers: int = Field(2, ge=1, le=64, description="Concepts swept at once (threads, each with "
-                         "its own copy of the model, one torch thread each).")
 
     def preference(self, n: int, gamma: float) -> tuple:
         """Ranks candidates of equal objective (higher: preferred)."""
@@ -106,11 +105,6 @@ class SweepConfig(Config):
         """(n, gamma) of every candidate, the preferred first."""
         pairs = [(n, g) for n in self.top_n for g in self.multipliers]
         return sorted(pairs, key=lambda p: self.preference(*p), reverse=True)
-
-    @field_validator("objective")
-    @classmethod
-    def _distinct(cls, values: list[str]) -> list[str]:
-        return [m for m in METRICS if m in values]
 
     @field_validator("top_n")
     @classmethod
@@ -138,7 +132,7 @@ class ValidationCells:
     """Index of the prompted object in the grid's objects, per image."""
 
 
-def validation_cells(grid: ConceptGrid, domain: str, concepts: list[str], cfg: SweepConfig,
+def validation_cells(grid: ConceptGrid, domain: str, concepts: list[str], cfg: ValidationConfig,
                      finalists: bool = False) -> ValidationCells:
     """Fixed samples of the concepts' cells of `grid` and of the other concepts' cells, per
     validation seed (the first n_seeds, or with `finalists` the finalist_seeds after them)."""
@@ -164,13 +158,14 @@ def validation_cells(grid: ConceptGrid, domain: str, concepts: list[str], cfg: S
 
 def judge_candidates(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, hook: str,
                      domain: str, concepts: list[str], edits: list[Edit], val: ValidationCells,
-                     cfg: SweepConfig, unedited: Unedited | None = None) -> list[dict]:
+                     cfg: ValidationConfig, sampling: SamplingConfig,
+                     unedited: Unedited | None = None) -> list[dict]:
     """The metrics (saeuron.metrics), the objective and the number of pictures of each edit on
     validation cells, their pictures sampled together (given the cells' `unedited` run, only
     the pictures each edit touches)."""
     out = []
     for images in sample_edited_each(pipe, hook, sae, edits, val.prompts, val.seeds,
-                                     unedited=unedited, **sampling(cfg)):
+                                     unedited=unedited, **sampling.options()):
         style, obj = predict_in(judge, images, val.grid)
         judged = Judged(val.styles, val.objects, style, obj, val.grid.styles + (NO_STYLE,),
                         val.grid.objects)
@@ -178,13 +173,7 @@ def judge_candidates(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, h
     return out
 
 
-def sampling(cfg: SweepConfig) -> dict:
-    """The sampling options of the sweep's pictures."""
-    return {"num_steps": cfg.num_steps, "guidance": cfg.guidance, "precision": cfg.precision,
-            "scheduler": cfg.scheduler}
-
-
-def _metrics(counted: dict[str, list[int]], cfg: SweepConfig) -> dict:
+def _metrics(counted: dict[str, list[int]], cfg: ValidationConfig) -> dict:
     """A row's metrics from its counts (kept in the row, so that two judgements can be pooled);
     the objective averages the terms its cells count (the sweep's few cells of other concepts
     may hold no unstyled picture, which CRA of a style counts)."""
@@ -195,19 +184,19 @@ def _metrics(counted: dict[str, list[int]], cfg: SweepConfig) -> dict:
             "images": counted["CRA_grid"][1], "counts": counted}
 
 
-def _pooled(row: dict, more: dict, cfg: SweepConfig) -> dict:
+def _pooled(row: dict, more: dict, cfg: ValidationConfig) -> dict:
     """A row's metrics over its first judgement and a second one (`more`)."""
     return _metrics(pooled(row["counts"], more["counts"]), cfg)
 
 
-def _perfect(metrics: dict, cfg: SweepConfig) -> bool:
+def _perfect(metrics: dict, cfg: ValidationConfig) -> bool:
     """Every picture right, for what the objective counts: nothing can score higher."""
     return all(metrics["counts"][m][0] == metrics["counts"][m][1] for m in cfg.objective)
 
 
 def _finals(rows: list[dict], judge_again: Callable[[list[dict], ValidationCells], list[dict]],
             rank: Callable[[dict], tuple], grid: ConceptGrid, domain: str, concepts: list[str],
-            cfg: SweepConfig) -> dict:
+            cfg: ValidationConfig) -> dict:
     """The best row, after the `finalists` best are judged again on further seeds and their
     judgements pooled (in place: those rows then hold the pooled metrics, `finalist: True`)."""
     if cfg.finalists:
@@ -221,7 +210,8 @@ def _finals(rows: list[dict], judge_again: Callable[[list[dict], ValidationCells
 
 def sweep_concept(pipe: Pipeline, judge: GridJudge, grid: ConceptGrid, sae: SparseAutoencoder,
                   hook: str, domain: str, concept: str, edits: Callable[[int, float, Gate], Edit],
-                  cfg: SweepConfig, gate: Gate = "mean") -> tuple[int, float, Gate, list[dict]]:
+                  cfg: SweepConfig, sampling: SamplingConfig,
+                  gate: Gate = "mean") -> tuple[int, float, Gate, list[dict]]:
     """(best n, best multiplier, its gate, one row per candidate judged) for one concept of
     `grid`, judged by `judge`;
     `edits(n, gamma, gate)` gives the edit of the candidate. The candidates are judged under
@@ -235,15 +225,15 @@ def sweep_concept(pipe: Pipeline, judge: GridJudge, grid: ConceptGrid, sae: Spar
     def judged_on(candidates: list[Edit], cells: ValidationCells) -> list[dict]:
         """The candidates' judgements, their pictures sampled together; detecting edits' from
         the cells' unedited run (sampled once), sampling only the pictures they touch."""
-        if not cfg.reuse_unedited or all(e.detector is None for e in candidates):
+        if not sampling.reuse_unedited or all(e.detector is None for e in candidates):
             return judge_candidates(pipe, judge, sae, hook, domain, [concept], candidates,
-                                    cells, cfg)
+                                    cells, cfg, sampling)
         key = tuple(zip(cells.prompts, cells.seeds))
         if key not in unedited:
             unedited[key] = sample_unedited(pipe, {hook: sae}, cells.prompts, cells.seeds,
-                                            **sampling(cfg))
+                                            **sampling.options())
         return judge_candidates(pipe, judge, sae, hook, domain, [concept], candidates, cells,
-                                cfg, unedited[key])
+                                cfg, sampling, unedited[key])
 
     def judge_again(rows: list[dict], cells: ValidationCells) -> list[dict]:
         keys = [(r["top_n"], r["multiplier"], r["gate"]) for r in rows]
@@ -307,14 +297,15 @@ def sweep_concept(pipe: Pipeline, judge: GridJudge, grid: ConceptGrid, sae: Spar
 
 def sweep_set(pipe: Pipeline, judge: GridJudge, grid: ConceptGrid, sae: SparseAutoencoder,
               hook: str, domain: str, concepts: list[str], edits: Callable[[float], Edit],
-              scales: list[float], cfg: SweepConfig) -> tuple[float, list[dict]]:
+              scales: list[float], cfg: ValidationConfig,
+              sampling: SamplingConfig) -> tuple[float, list[dict]]:
     """(best scale, one row per scale) for a set removed at once; `edits(scale)` is the set's
     edit with every multiplier scaled. Ties: the larger scale (the concepts' own choice)."""
     val = validation_cells(grid, domain, concepts, cfg)
 
     def judged(rows: list[dict], cells: ValidationCells) -> list[dict]:
         return judge_candidates(pipe, judge, sae, hook, domain, concepts,
-                                [edits(r["scale"]) for r in rows], cells, cfg)
+                                [edits(r["scale"]) for r in rows], cells, cfg, sampling)
 
     rows = [{"domain": domain, "concepts": "+".join(concepts), "scale": scale} for scale in scales]
     for row, metrics in zip(rows, judged(rows, val)):

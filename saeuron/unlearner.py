@@ -44,7 +44,7 @@ class Unlearner:
     scored: dict[str, Scored]
     """Per domain ('style', 'object')."""
     config: PipelineConfig
-    """The run's configuration (its evaluation's sampling options are the defaults here)."""
+    """The run's configuration (its sampling options are the defaults here)."""
 
     @classmethod
     def from_run(cls, root: str | Path, device: str = "cpu") -> "Unlearner":
@@ -76,7 +76,7 @@ class Unlearner:
         """Pictures (uint8 (N, H, W, 3)) of the prompts at the seeds, with the `unlearn`
         concepts removed where `gate` says (default: each concept's own, as the run chose;
         'detect' edits only pictures in which the concept is seen); `sampling` overrides the
-        run's evaluation options (num_steps, guidance, batch_size, precision, scheduler)."""
+        run's sampling options (num_steps, guidance, batch_size, precision, scheduler)."""
         known = self.concepts()
         by_domain: dict[str, list[str]] = {}
         for concept in unlearn:
@@ -85,7 +85,7 @@ class Unlearner:
                 raise ValueError(f"unknown concept {concept!r}; this run can unlearn "
                                  + "; ".join(f"{d}s {', '.join(n)}" for d, n in known.items()))
             by_domain.setdefault(domain, []).append(concept)
-        options = self.config.evaluate.sampling() | sampling
+        options = self.config.sampling.options() | sampling
         with ExitStack() as edits:
             for domain, concepts in by_domain.items():
                 s = self.scored[domain]

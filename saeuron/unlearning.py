@@ -16,9 +16,8 @@ from saeuron.names import NO_STYLE, SPLIT_SEED_BASE
 from saeuron.intervention import Edit, Gate, gate_thresholds
 from saeuron.judging import GridJudge, GridResult, grid_table, judge_grid
 from saeuron.diffusion import Pipeline
-from saeuron.sampling import Precision, Scheduler
 from saeuron.sae import SparseAutoencoder
-from saeuron.sweep import SweepConfig
+from saeuron.sweep import ValidationConfig
 from saeuron.vit_judge import ViTJudge, ViTJudgeConfig
 from saeuron.worlds import DEFAULT, WORLDS, GridName, world
 from storage.features import DomainFeatures
@@ -57,7 +56,7 @@ def unlearned_grid(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, blo
                    **sampling) -> GridResult:
     """Sample and judge the whole objects x styles grid (default MiniCanvas's) with the edit
     applied; given the grid's `unedited` run (unedited_grid, same options), only the pictures
-    the edit touches are sampled (saeuron.edited). `sampling`: EvaluateConfig.sampling()'s."""
+    the edit touches are sampled (saeuron.edited). `sampling`: SamplingConfig.options()."""
     grid, table = grid_table(judge, seeds, grid)
     images = sample_edited(pipe, block, sae, edit, list(table.prompt), list(table.seed),
                            unedited=unedited, error_sign=error_sign, **sampling)
@@ -120,8 +119,6 @@ class EvaluateConfig(Config):
     classifier: ViTJudgeConfig | None = Field(None, description="The UnlearnCanvas ViT "
                                               "classifiers, required by (and only for) the "
                                               "unlearncanvas grid; None: the world's judge.")
-    device: str = Field("cpu", description="torch device of sampling and judging (not part of "
-                        "the results' fingerprint).")
     styles: list[str] | None = Field(None, description="Style targets, one at a time "
                                      "(default: every named style).")
     objects: list[str] | None = Field(None, description="Object targets, one at a time "
@@ -139,27 +136,15 @@ class EvaluateConfig(Config):
                                   "'mean' (the paper), 'others' (where a latent exceeds the "
                                   "largest mean of the concepts outside the set), 'detect' "
                                   "(each concept only where it is detected; see score.gate).")
-    set_sweep: SweepConfig = Field(default_factory=lambda: SweepConfig(own=10, others=10),
-                                   description="Validation cells and sampling of the set sweep "
-                                   "(its top_n and multipliers are not used).")
+    set_sweep: ValidationConfig = Field(default_factory=lambda: ValidationConfig(own=10,
+                                                                                 others=10),
+                                        description="Validation cells of the set sweep.")
     n_seeds: int = Field(3, ge=1, le=100, description="Evaluation seeds per grid cell, from "
                          "1,000,000 (the evaluation split; MiniCanvas's judge seeds).")
     seed_list: list[int] | None = Field(None, min_length=1, description="Or exactly these "
                                         "evaluation seeds (UnlearnCanvas's protocol: [188, 288, "
                                         "588, 688, 888]); none may be a seed of the harvest or "
                                         "scoring split.")
-    num_steps: int = Field(20, ge=1, le=1000, description="Sampling steps.")
-    guidance: float = Field(4.0, ge=1, le=50, description="Classifier-free guidance scale.")
-    scheduler: Scheduler = Field("model", description="Sampler: the model's own scheduler "
-                                 "(DDIM where it cannot be followed; saeuron/sampling.py), or "
-                                 "ddim, euler, dpm-solver.")
-    precision: Precision = Field("auto", description="What the UNet computes in (auto: "
-                                 "bfloat16 where the device has native kernels; "
-                                 "saeuron/sampling.py).")
-    reuse_unedited: bool = Field(True, description="Sample only the pictures a target's "
-                                 "edit touches; the others are the baseline's (the same "
-                                 "pictures, sampled once). False: sample every picture for "
-                                 "every target.")
     error_sign: Literal[1, 0, -1] = Field(1, description="1: x + decode(z') - decode(z) "
                                           "(correct); -1: the public reference code's sign; "
                                           "0: decode(z') alone, the SAE's error term dropped "
@@ -168,7 +153,6 @@ class EvaluateConfig(Config):
                          "with its own copy of the model).")
     threads: int = Field(1, ge=1, le=256, description="torch threads of the stage, shared by "
                          "its workers (results depend on it slightly; fixed for reproducibility).")
-    batch_size: int = Field(128, ge=1, le=4096, description="Images sampled per UNet batch.")
 
     @field_validator("set_scales")
     @classmethod
@@ -198,8 +182,8 @@ class EvaluateConfig(Config):
         """The evaluation grid (classifier_grid)."""
         return classifier_grid(self.classifier, self.grid)
 
-    def judge(self) -> GridJudge:
-        return classifier_judge(self.classifier, self.device, self.grid)
+    def judge(self, device: str = "cpu") -> GridJudge:
+        return classifier_judge(self.classifier, device, self.grid)
 
     def targets(self, domains: dict[str, DomainFeatures],
                 grid: ConceptGrid) -> list[tuple[str, list[str], str]]:
@@ -216,12 +200,6 @@ class EvaluateConfig(Config):
                 domains[domain].index(concept)
             grid.check(**{f"{domain}s": concepts})
         return chosen
-
-    def sampling(self) -> dict:
-        """The sampling options of the evaluation's pictures."""
-        return {"num_steps": self.num_steps, "guidance": self.guidance,
-                "batch_size": self.batch_size, "precision": self.precision,
-                "scheduler": self.scheduler}
 
     def seeds(self) -> list[int]:
         if self.seed_list is not None:

@@ -6,7 +6,7 @@ templates, the blocks whose SAEs remove each domain, and the judge (saeuron.judg
     styles: [watercolor, pixel_art]  # underscores read as spaces in prompts
     hooks: {style: up_blocks.1.attentions.2, object: up_blocks.1.attentions.1}
     judge: {kind: clip, path: models/clip}   # or transformers / timm classifiers
-    defaults: {evaluate: {num_steps: 30}}    # options of the pipeline this world is run with
+    defaults: {sampling: {num_steps: 30}}    # options of the pipeline this world is run with
 
 A configuration names the file as its `world` (saeuron.run.PipelineConfig); the file is read
 where the run is configured, so a world file never needs registering.

@@ -116,3 +116,10 @@ def read_features(url: str, sae_fp: str | None = None) -> tuple[dict[str, Any], 
                   [attrs.get("config", {}).get("gate", "mean")] * len(concepts)),
             detect_at=read(sub, "detect_at"), detect_start=read(sub, "detect_start"))
     return attrs, read(group, "mean_all"), domains
+
+
+def scored_domains(urls: dict[str, str]) -> tuple[dict[str, DomainFeatures], dict[str, str]]:
+    """({domain: its features}, {domain: the block that removes it}) of the feature stores of
+    each domain (`urls`, as the score stage's outputs name them)."""
+    stores = {d: read_features(url) for d, url in urls.items()}
+    return {d: stores[d][2][d] for d in urls}, {d: stores[d][0]["hook"] for d in urls}

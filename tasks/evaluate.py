@@ -6,17 +6,21 @@ from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from saeuron.edited import Unedited
 from saeuron.harvest import HarvestConfig
 from saeuron.judging import GridResult, grid_picture
 from saeuron.diffusion import load_pipeline
 from saeuron.sae import SparseAutoencoder
+from saeuron.sampling import SamplingConfig
 from saeuron.sweep import sweep_set
 from saeuron.metrics import assess, frechet_distance
+from saeuron.report import report, summarise, table_rows, write_report
 from saeuron.unlearning import (EvaluateConfig, concept_edit, reference_features, unedited_grid,
                                 unlearned_grid)
 from storage.features import read_features, sae_fingerprint
+from storage.layout import UnitResults
 
 UNEDITED = "unedited.npz"
 """The baseline's run in its folder: its pictures and each block's latents (saeuron.edited)."""
@@ -48,15 +52,17 @@ def before_after(before: np.ndarray, after: GridResult, domain: str, concepts: l
 
 
 @task(name="unedited-grid", task_run_name="baseline")
-def unedited_target(config: EvaluateConfig, sae_dir: str, hooks: list[str], out_dir: str) -> dict:
+def unedited_target(config: EvaluateConfig, sampling: SamplingConfig, sae_dir: str,
+                    hooks: list[str], out_dir: str) -> dict:
     """The baseline's metrics: the grid without edit (in `config.workers` parallel parts);
     writes its image grid and its run, with the latents of the SAE of each of `hooks`, so
     targets sample only what their edit touches."""
-    saes = {h: SparseAutoencoder.load(Path(sae_dir) / h, device=config.device) for h in hooks}
+    device = sampling.device
+    saes = {h: SparseAutoencoder.load(Path(sae_dir) / h, device=device) for h in hooks}
     model = HarvestConfig(model=config.model).model_path()
-    pipes = [load_pipeline(model, device=config.device) for _ in range(config.workers)]
-    judge, grid, seeds = config.judge(), config.concept_grid(), tuple(config.seeds())
-    result, unedited = unedited_grid(pipes, judge, saes, seeds, grid=grid, **config.sampling())
+    pipes = [load_pipeline(model, device=device) for _ in range(config.workers)]
+    judge, grid, seeds = config.judge(device), config.concept_grid(), tuple(config.seeds())
+    result, unedited = unedited_grid(pipes, judge, saes, seeds, grid=grid, **sampling.options())
     folder = Path(out_dir) / "baseline"
     unedited.save(folder / UNEDITED)
     base, reference = result.judged().features, reference_features(judge, grid, seeds, result)
@@ -67,31 +73,33 @@ def unedited_target(config: EvaluateConfig, sae_dir: str, hooks: list[str], out_
 
 
 @task(name="unlearn-target", task_run_name="unlearn-{domain}-{name}")
-def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, hook: str,
-                   domain: str, concepts: list[str], name: str, out_dir: str) -> dict:
+def unlearn_target(config: EvaluateConfig, sampling: SamplingConfig, sae_dir: str,
+                   features_url: str, hook: str, domain: str, concepts: list[str], name: str,
+                   out_dir: str) -> dict:
     """Metrics of one target; writes its image grid. `features_url` and `hook`: the feature
     store and block that remove the target's domain. The baseline's run (in out_dir) gives the
-    before pictures and, with config.reuse_unedited, every picture the edit does not touch."""
+    before pictures and, with sampling.reuse_unedited, every picture the edit does not touch."""
     logger = get_run_logger()
     folder = Path(sae_dir) / hook
-    sae = SparseAutoencoder.load(folder, device=config.device)
+    device = sampling.device
+    sae = SparseAutoencoder.load(folder, device=device)
     _, mean_all, domains = read_features(features_url, sae_fingerprint(folder))
     gate = config.set_gate if len(concepts) > 1 else None
-    pipe = load_pipeline(HarvestConfig(model=config.model).model_path(), device=config.device)
-    judge, grid, scale = config.judge(), config.concept_grid(), 1.0
+    pipe = load_pipeline(HarvestConfig(model=config.model).model_path(), device=device)
+    judge, grid, scale = config.judge(device), config.concept_grid(), 1.0
     if len(concepts) > 1 and config.set_scales != [1.0]:
         scale, tried = sweep_set(pipe, judge, grid, sae, hook, domain, concepts,
                                  lambda s: concept_edit(mean_all, domains, domain, concepts,
                                                         scale=s, gate=gate),
-                                 config.set_scales, config.set_sweep)
+                                 config.set_scales, config.set_sweep, sampling)
         logger.info(f"{name}: set sweep {tried} -> scale {scale}")
     edit = concept_edit(mean_all, domains, domain, concepts, scale=scale, gate=gate)
     baseline = Path(out_dir) / "baseline"
     unedited_run = Unedited.load(baseline / UNEDITED)
     result = unlearned_grid(pipe, judge, sae, hook, edit, tuple(config.seeds()),
                             error_sign=config.error_sign, grid=grid,
-                            unedited=unedited_run if config.reuse_unedited else None,
-                            **config.sampling())
+                            unedited=unedited_run if sampling.reuse_unedited else None,
+                            **sampling.options())
     features = np.load(baseline / FEATURES)
     before = unedited_run.images.reshape(result.images.shape)
     row = {**_row(name, result, out_dir), "domain": domain,
@@ -102,3 +110,30 @@ def unlearn_target(config: EvaluateConfig, sae_dir: str, features_url: str, hook
         row["scale"] = scale
     logger.info(f"{name}: {row}")
     return row
+
+
+def done_before(results: UnitResults, names: list[str]) -> dict[str, dict]:
+    """The rows of `names` finished before an interruption (the baseline only with its run and
+    features, which the targets read)."""
+    rows = results.done(names)
+    if not all((results.folder / "baseline" / f).is_file() for f in (UNEDITED, FEATURES)):
+        rows.pop("baseline", None)
+    for name, row in rows.items():
+        get_run_logger().info(f"{name}: done before, {row}")
+    return rows
+
+
+def publish(rows: list[dict], out_dir: Path) -> dict:
+    """The evaluation's summary, its table and report artifacts, and the report file; the
+    stage's metrics."""
+    summary = summarise(rows)
+    create_table_artifact(table_rows(rows), key="unlearning-targets",
+                          description="UA / IRA / CRA, own content kept and Frechet distances "
+                          "per target")
+    if summary:
+        create_table_artifact(summary, key="unlearning-summary",
+                              description="Means per domain, 95% intervals, worst targets")
+    written = write_report(rows, summary, out_dir)
+    create_markdown_artifact(report(rows, summary, out_dir, inline=True), key="unlearning-report",
+                             description="Unlearning report with before/after image grids")
+    return {"summary": summary, "report": str(written)}

@@ -5,14 +5,17 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from saeuron.harvest import HarvestConfig, prepare, run_units
+from saeuron.sampling import SamplingConfig
 from storage.activations import ActivationStore
 
 
 @task(name="harvest-shard", task_run_name="harvest-shard-{shard}")
-def harvest_shard(config: HarvestConfig, store_url: str, units: list[int], shard: int) -> dict:
-    """Write the units of one shard that are not done yet (each worker loads its own model)."""
+def harvest_shard(config: HarvestConfig, sampling: SamplingConfig, store_url: str,
+                  units: list[int], shard: int) -> dict:
+    """Write the units of one shard that are not done yet (each worker loads its own model);
+    `sampling`: the harvest's (Harvest.sampling)."""
     logger = get_run_logger()
-    harvest = prepare(config)
+    harvest = prepare(config, sampling)
     store = ActivationStore.open(store_url)
     written = run_units(harvest, store, units,
                         progress=lambda i, n: logger.info(f"shard {shard}: unit {i}/{n} written"))

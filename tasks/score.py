@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 
 from saeuron.diffusion import load_pipeline
 from saeuron.sae import SparseAutoencoder
+from saeuron.sampling import SamplingConfig
 from saeuron.scoring import ConceptMeans, ScoreConfig, concept_means
 from saeuron.selection import select, sweep_domains
 from saeuron.unlearning import classifier_grid, classifier_judge
@@ -22,10 +23,11 @@ from storage.features import DomainFeatures, sae_fingerprint, write_features
 def score_features(store_url: str, sae_dir: str, out_url: str, config: ScoreConfig, hook: str,
                    domains: list[str], dask_address: str | None = None,
                    model: str | None = None, classifier: ViTJudgeConfig | None = None,
-                   device: str = "cpu", grid: str = DEFAULT) -> dict:
+                   sampling: SamplingConfig = SamplingConfig(), grid: str = DEFAULT) -> dict:
     """Encode the held-out store with the SAE of `hook` (Dask), score and select the concepts of
-    `domains` (sweeping those configured: sampling `model` on `device`, judged by `classifier` or world
-    `grid`'s judge, saeuron.unlearning.classifier_judge), write the feature store; returns the summary."""
+    `domains` (sweeping those configured: sampling `model` as `sampling` says, judged by
+    `classifier` or world `grid`'s judge, saeuron.unlearning.classifier_judge), write the
+    feature store; returns the summary."""
     logger = get_run_logger()
     folder = Path(sae_dir) / hook
     sae = SparseAutoencoder.load(folder)
@@ -35,9 +37,9 @@ def score_features(store_url: str, sae_dir: str, out_url: str, config: ScoreConf
              if d in domains}
     mean_all = next(iter(means.values())).mean_all
     selected = {name: select(m, config) for name, m in means.items()}
-    swept = [d for d in domains if getattr(config.sweep, d) is not None]
+    swept = [d for d in config.sweep.domains() if d in domains]
     sweep_rows = (run_sweep(means, selected, swept, mean_all, sae, hook, config, model,
-                            classifier, device, grid) if swept else [])
+                            classifier, sampling, grid) if swept else [])
     write_features(out_url, hook=hook, sae_fp=sae_fingerprint(folder), mean_all=mean_all,
                    domains=selected, attrs={"config": config.model_dump(mode="json"),
                                             "sweep": sweep_rows})
@@ -52,14 +54,14 @@ def score_features(store_url: str, sae_dir: str, out_url: str, config: ScoreConf
 def run_sweep(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures],
               swept: list[str], mean_all: np.ndarray, sae: SparseAutoencoder, hook: str,
               config: ScoreConfig, model: str | None, classifier: ViTJudgeConfig | None,
-              device: str, grid: str) -> list[dict]:
+              sampling: SamplingConfig, grid: str) -> list[dict]:
     """The sweep of the swept domains (saeuron.selection.sweep_domains) on the grid
     `classifier` (or world `grid`'s judge) judges, with one copy of the model per sweep worker."""
     if model is None:
         raise ValueError("the sweep samples the model: give the model path")
-    workers = max(getattr(config.sweep, name).workers for name in swept)
-    return sweep_domains(means, domains, swept, mean_all, sae, hook, config,
-                         [load_pipeline(model, device=device) for _ in range(workers)],
-                         classifier_judge(classifier, device, grid),
+    return sweep_domains(means, domains, swept, mean_all, sae, hook, config, sampling,
+                         [load_pipeline(model, device=sampling.device)
+                          for _ in range(config.sweep.workers)],
+                         classifier_judge(classifier, sampling.device, grid),
                          classifier_grid(classifier, grid),
                          log=get_run_logger().info)

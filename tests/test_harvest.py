@@ -18,7 +18,7 @@ from saeuron.capture import Capture
 from saeuron.harvest import HarvestConfig, open_store, prepare, run_units
 from saeuron.diffusion import load_pipeline
 from saeuron.run import RunConfig
-from saeuron.sampling import initial_latents, make_scheduler, sample, schedule_timesteps
+from saeuron.sampling import SamplingConfig, initial_latents, make_scheduler, sample, schedule_timesteps
 from storage.activations import ActivationStore, StoreMismatchError
 from storage.arrays import StoreCorruptError
 from storage.layout import RunLayout
@@ -144,7 +144,7 @@ def test_store_of_another_configuration_is_refused_unless_forced(fresh_pipeline_
     url = str(tmp_path / "acts.zarr")
     harvest_all(small_config(fresh_pipeline_dir), url)
     before = raw(url)
-    other = prepare(small_config(fresh_pipeline_dir, guidance=2.0))
+    other = prepare(small_config(fresh_pipeline_dir), SamplingConfig(guidance=2.0))
     with pytest.raises(StoreMismatchError, match="another configuration"):
         open_store(other, url)
     assert np.array_equal(raw(url), before), "a refused harvest leaves the store untouched"
@@ -241,9 +241,9 @@ def test_weights_replaced_in_place_change_the_harvest_fingerprint(fresh_pipeline
 
     model = tmp_path / "model"
     shutil.copytree(fresh_pipeline_dir, model)
-    before = small_config(model).fingerprint()
+    before = small_config(model).fingerprint(SamplingConfig())
     weights = model / "unet" / "diffusion_pytorch_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
-    assert small_config(model).fingerprint() != before, "the same folder with other weights"
+    assert small_config(model).fingerprint(SamplingConfig()) != before, "the same folder with other weights"

@@ -17,7 +17,8 @@ from saeuron.harvest import HarvestConfig
 from saeuron.run import PipelineConfig, RunConfig
 from saeuron.sae_train import CHECKPOINT, SAETrainConfig
 from saeuron.scoring import DomainSweeps, ScoreConfig
-from saeuron.sweep import SweepConfig
+from saeuron.sampling import SamplingConfig
+from saeuron.sweep import SweepConfig, ValidationConfig
 from saeuron.unlearning import EvaluateConfig
 from storage.activations import ActivationStore
 from storage.features import read_features, sae_fingerprint
@@ -30,6 +31,7 @@ HOOK = "up_blocks.1.attentions.1"
 def small(model_dir, root, n_seeds: int = 2, epochs: int = 2, **evaluate) -> PipelineConfig:
     return PipelineConfig(
         run=RunConfig(root=str(root)),
+        sampling=SamplingConfig(num_steps=2),
         harvest=HarvestConfig(model=str(model_dir), objects=["circle", "star", "moon"],
                               styles=["sunset", "pop", "none"], templates=1, num_steps=3,
                               n_seeds=n_seeds, samples_per_chunk=6),
@@ -38,7 +40,7 @@ def small(model_dir, root, n_seeds: int = 2, epochs: int = 2, **evaluate) -> Pip
                              holdout=0.2, buffer_size=512, checkpoint_every=3),
         score=ScoreConfig(top_n=2, sweep=DomainSweeps()),
         evaluate=EvaluateConfig(model=str(model_dir), **({"styles": ["sunset"], "objects": ["star"],
-                                "style_sets": [], "num_steps": 2, "guidance": 2.0, "n_seeds": 1}
+                                "style_sets": [], "n_seeds": 1}
                                                              | evaluate)))
 
 
@@ -60,7 +62,7 @@ def test_pipeline_caches_and_reruns_only_downstream(fresh_pipeline_dir, tmp_path
     from flows.pipeline import pipeline
 
     config = small(fresh_pipeline_dir, tmp_path / "run", style_sets=[["sunset", "pop"]],
-                   set_scales=[1.0, 0.5], set_sweep=SweepConfig(own=2, others=2, num_steps=2))
+                   set_scales=[1.0, 0.5], set_sweep=ValidationConfig(own=2, others=2))
     first = pipeline(config)
     assert states(first) == dict.fromkeys(("harvest", "train", "score", "evaluate"), "Completed")
     assert [s["targets"] for s in first["summary"]] == ["style", "object", "style sets"]
@@ -117,10 +119,9 @@ def test_score_stage_twice_gives_identical_features_and_choices(fresh_pipeline_d
                                                                prefect_api):
     from flows.pipeline import pipeline
 
-    sweep = SweepConfig(top_n=[1, 2], multipliers=[-3.0, -30.0], own=3, others=3, num_steps=2,
-                        finalists=1, workers=2)
+    sweep = SweepConfig(top_n=[1, 2], multipliers=[-3.0, -30.0], own=3, others=3, finalists=1)
     config = small(fresh_pipeline_dir, tmp_path / "run").model_copy(update={
-        "score": ScoreConfig(top_n=2, sweep=DomainSweeps(style=sweep, object=sweep))})
+        "score": ScoreConfig(top_n=2, sweep=DomainSweeps(style=sweep, object=sweep, workers=2))})
     hooks = {"style": HOOK, "object": "up_blocks.0.attentions.0"}
 
     def scored() -> dict:

@@ -11,12 +11,16 @@ from saeuron.minicanvas.data import ALL_STYLES, EVAL_SEED_BASE
 from saeuron.minicanvas.render import OBJECTS
 from saeuron.diffusion import load_pipeline
 from saeuron.sae import SAEConfig, SparseAutoencoder
+from saeuron.sampling import SamplingConfig
 from saeuron.scoring import ConceptMeans, select_features
 from saeuron.sweep import (VAL_SEED_BASE, SweepConfig, sweep_concept, sweep_set,
                            validation_cells)
 
 HOOK = "up_blocks.1.attentions.1"
 MC = minicanvas_grid()
+FAST = SamplingConfig(num_steps=2, guidance=2.0)
+"""Two steps: the tests check the sweep's logic, not the pictures."""
+NO_REUSE = SamplingConfig(reuse_unedited=False)
 
 
 def counted(ua: int, cra: int) -> dict[str, list[int]]:
@@ -56,8 +60,8 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
     pipe = load_pipeline(fresh_pipeline_dir)
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=8))
-    cfg = SweepConfig(top_n=[1, 3], multipliers=[-1.0, -20.0], own=3, others=3, num_steps=2,
-                      guidance=2.0, stop_at_perfect=False)
+    cfg = SweepConfig(top_n=[1, 3], multipliers=[-1.0, -20.0], own=3, others=3,
+                      stop_at_perfect=False)
     timesteps = [999, 499]
 
     def edit(n: int, gamma: float, gate: str) -> Edit:
@@ -66,7 +70,7 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
         means = np.random.default_rng(n).random((1, 2, 128)) + 0.5
         return Edit.for_concepts(timesteps, selected, means, [gamma], np.zeros((2, 128)))
 
-    n, gamma, gate, rows = sweep_concept(pipe, judge, MC, sae, HOOK, "style", "neon", edit, cfg)
+    n, gamma, gate, rows = sweep_concept(pipe, judge, MC, sae, HOOK, "style", "neon", edit, cfg, FAST)
     assert gate == "mean" and {r["gate"] for r in rows} == {"mean"}
     assert [(r["top_n"], r["multiplier"]) for r in rows] == [(1, -1.0), (1, -20.0), (3, -1.0),
                                                             (3, -20.0)]
@@ -81,13 +85,14 @@ def test_sweep_tries_every_candidate_and_keeps_the_best(fresh_pipeline_dir, judg
     assert all(0 <= r["CRA"] <= 1 for r in rows)
 
     once = cfg.model_copy(update={"finalists": 0})
-    n, gamma, _, rows = sweep_concept(pipe, judge, MC, sae, HOOK, "style", "neon", edit, once)
+    n, gamma, _, rows = sweep_concept(pipe, judge, MC, sae, HOOK, "style", "neon", edit, once, FAST)
     assert not any(r.get("finalist") for r in rows)
     best = max(r["objective"] for r in rows)
     assert any(r["objective"] == best and (r["top_n"], r["multiplier"]) == (n, gamma) for r in rows)
 
     with_cra = cfg.model_copy(update={"objective": ["UA", "IRA", "CRA_grid"]})
-    _, _, _, rows = sweep_concept(pipe, judge, MC, sae, HOOK, "style", "neon", edit, with_cra)
+    _, _, _, rows = sweep_concept(pipe, judge, MC, sae, HOOK, "style", "neon", edit, with_cra,
+                                  FAST)
     assert all(r["objective"] == pytest.approx((r["UA"] + r["IRA"] + r["CRA_grid"]) / 3, abs=1e-4)
                for r in rows)
 
@@ -103,13 +108,13 @@ def test_the_fallback_gate_is_judged_only_where_the_gate_cannot_remove_the_conce
                                  [gamma], np.zeros((1, 128)))
 
     n, gamma, gate, rows = sweep_concept(shipped_pipeline, judge, MC, sae, HOOK, "style", "neon",
-                                         edit, cfg, "detect")
+                                         edit, cfg, SamplingConfig(), "detect")
     assert [r["gate"] for r in rows] == ["detect", "mean"]
     assert rows[0]["UA"] < cfg.fallback_below
     assert gate == "detect", "a tie keeps the sweep's own gate"
     never = cfg.model_copy(update={"fallback_gate": None})
     _, _, _, rows = sweep_concept(shipped_pipeline, judge, MC, sae, HOOK, "style", "neon", edit,
-                                  never, "detect")
+                                  never, SamplingConfig(), "detect")
     assert [r["gate"] for r in rows] == ["detect"]
 
 
@@ -124,11 +129,10 @@ def test_the_sweep_stops_once_its_choice_is_known_and_chooses_as_the_full_sweep(
     import saeuron.sweep as sweep
 
     cfg = SweepConfig(top_n=[1, 3], multipliers=[-3.0, -10.0], own=2, others=2, finalists=2,
-                      finalist_seeds=1, objective=["UA", "IRA", "CRA_grid"], fallback_gate=None,
-                      reuse_unedited=False)  # the fake edits have no detector to reuse by
+                      finalist_seeds=1, objective=["UA", "IRA", "CRA_grid"], fallback_gate=None)
     calls = []
 
-    def judge(pipe, judge, sae, hook, domain, concepts, edits, val, cfg):
+    def judge(pipe, judge, sae, hook, domain, concepts, edits, val, cfg, sampling):
         later = val.seeds[0] > VAL_SEED_BASE
         out = []
         for edit in edits:
@@ -140,12 +144,14 @@ def test_the_sweep_stops_once_its_choice_is_known_and_chooses_as_the_full_sweep(
 
     monkeypatch.setattr(sweep, "judge_candidates", judge)
     edits = lambda n, gamma, gate: (n, gamma)  # noqa: E731 (the fake judge reads the candidate)
-    choice = sweep_concept(None, None, MC, None, HOOK, "style", "neon", edits, cfg, "detect")
+    # the fake edits have no detector to reuse the unedited pictures by
+    choice = sweep_concept(None, None, MC, None, HOOK, "style", "neon", edits, cfg, NO_REUSE,
+                           "detect")
     assert len(calls) == judged, calls
     assert len(set(calls)) == len(calls), "no picture is judged twice"
     calls.clear()
     full = sweep_concept(None, None, MC, None, HOOK, "style", "neon", edits,
-                         cfg.model_copy(update={"stop_at_perfect": False}), "detect")
+                         cfg.model_copy(update={"stop_at_perfect": False}), NO_REUSE, "detect")
     assert len(calls) == 4 + 2, "the full sweep judges every candidate, then two finalists"
     assert choice[:3] == full[:3]
     finals = {(r["top_n"], r["multiplier"]): r["objective"] for r in choice[3] if r.get("finalist")}
@@ -157,22 +163,26 @@ def test_the_stronger_preference_judges_the_strongest_first_and_keeps_it_on_ties
     import saeuron.sweep as sweep
 
     cfg = SweepConfig(top_n=[1, 3], multipliers=[-3.0, -10.0], own=2, others=2, finalists=2,
-                      prefer="stronger", reuse_unedited=False)
+                      prefer="stronger")
     assert cfg.candidates() == [(3, -10.0), (3, -3.0), (1, -10.0), (1, -3.0)]
     calls = []
 
-    def judge(pipe, judge, sae, hook, domain, concepts, edits, val, cfg):  # all but the weakest
-        calls.extend(edits)                                                 # are perfect
+    def judge(pipe, judge, sae, hook, domain, concepts, edits, val, cfg, sampling):  # all but
+                                                                        # the weakest
+        calls.extend(edits)                                             # are perfect
         return [sweep._metrics(counted(1 if e == (1, -3.0) else 2, 4), cfg) for e in edits]
 
     monkeypatch.setattr(sweep, "judge_candidates", judge)
     edits = lambda n, gamma, gate: (n, gamma)  # noqa: E731 (the fake judge reads the candidate)
-    assert sweep_concept(None, None, MC, None, HOOK, "object", "star", edits, cfg)[:2] == (3, -10.0)
+    assert sweep_concept(None, None, MC, None, HOOK, "object", "star", edits, cfg,
+                         NO_REUSE)[:2] == (3, -10.0)
     assert calls == [(3, -10.0), (3, -10.0)], "the strongest, then its finalist judgement"
     full = cfg.model_copy(update={"stop_at_perfect": False})
-    assert sweep_concept(None, None, MC, None, HOOK, "object", "star", edits, full)[:2] == (3, -10.0)
+    assert sweep_concept(None, None, MC, None, HOOK, "object", "star", edits, full,
+                         NO_REUSE)[:2] == (3, -10.0)
     weaker = full.model_copy(update={"prefer": "weaker"})
-    assert sweep_concept(None, None, MC, None, HOOK, "object", "star", edits, weaker)[:2] == (1, -10.0)
+    assert sweep_concept(None, None, MC, None, HOOK, "object", "star", edits, weaker,
+                         NO_REUSE)[:2] == (1, -10.0)
 
 
 def test_exclusive_selection_keeps_only_features_the_concept_leads():
@@ -205,8 +215,9 @@ def test_a_set_has_its_own_validation_cells_and_scale_sweep(fresh_pipeline_dir, 
         return Edit.for_concepts([999, 499], selected, means, [-20.0 * scale, -5.0 * scale],
                                  np.zeros((2, 128)))
 
-    cfg = SweepConfig(own=3, others=3, num_steps=2, guidance=2.0)
-    best, rows = sweep_set(pipe, judge, MC, sae, HOOK, "style", ["neon", "pop"], edit, [1.0, 0.1], cfg)
+    cfg = SweepConfig(own=3, others=3)
+    best, rows = sweep_set(pipe, judge, MC, sae, HOOK, "style", ["neon", "pop"], edit, [1.0, 0.1],
+                           cfg, FAST)
     assert scales[:2] == [1.0, 0.1] and [r["scale"] for r in rows] == [1.0, 0.1]
     assert sorted(scales[2:]) == [0.1, 1.0], "both scales are finalists, judged again"
     top = max(r["objective"] for r in rows)
@@ -217,20 +228,21 @@ def test_a_set_has_its_own_validation_cells_and_scale_sweep(fresh_pipeline_dir, 
 def test_the_sweep_counts_its_pictures_as_the_report_does(fresh_pipeline_dir, judge):
     from saeuron.edited import sample_edited
     from saeuron.metrics import Judged, unlearning_metrics
-    from saeuron.sweep import judge_candidates, sampling
+    from saeuron.sweep import judge_candidates
 
     pipe = load_pipeline(fresh_pipeline_dir)
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=8))
-    cfg = SweepConfig(own=3, others=8, num_steps=2, guidance=2.0, reuse_unedited=False)
+    cfg = SweepConfig(own=3, others=8)
     val = validation_cells(MC, "style", ["neon"], cfg)
     selected = np.zeros((1, 2, 128), bool)
     selected[0, :, :4] = True
     edit = Edit.for_concepts([999, 499], selected, np.ones((1, 2, 128)), [-10.0],
                              np.zeros((2, 128)))
-    row, twice = judge_candidates(pipe, judge, sae, HOOK, "style", ["neon"], [edit, edit], val, cfg)
+    row, twice = judge_candidates(pipe, judge, sae, HOOK, "style", ["neon"], [edit, edit], val, cfg,
+                                  FAST)
     assert twice == row, "two groups of pictures under the same edit are judged alike"
-    images = sample_edited(pipe, HOOK, sae, edit, val.prompts, val.seeds, **sampling(cfg))
+    images = sample_edited(pipe, HOOK, sae, edit, val.prompts, val.seeds, **FAST.options())
     style, obj = judge.predict(images)
     report = unlearning_metrics(Judged(val.styles, val.objects, style, obj, ALL_STYLES, OBJECTS),
                                 "style", ["neon"])

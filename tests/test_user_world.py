@@ -63,17 +63,17 @@ def world_file(folder, model, judge: dict, **extra) -> str:
 def small_run(world: str, root, scheduler: str = "model"):
     from saeuron.run import PipelineConfig
 
-    sweep = {"top_n": [1, 2], "multipliers": [-3.0], "own": 2, "others": 2, "num_steps": 2,
-             "guidance": 2.0, "finalists": 0, "fallback_gate": None, "workers": 1,
-             "scheduler": scheduler}
+    sweep = {"top_n": [1, 2], "multipliers": [-3.0], "own": 2, "others": 2, "finalists": 0,
+             "fallback_gate": None}
     return PipelineConfig.model_validate({
         "world": world, "run": {"root": str(root), "shards": 1},
-        "harvest": {"templates": 1, "num_steps": 3, "n_seeds": 1, "samples_per_chunk": 7,
-                    "scheduler": scheduler},
+        "sampling": {"num_steps": 2, "guidance": 2.0, "scheduler": scheduler},
+        "harvest": {"templates": 1, "num_steps": 3, "n_seeds": 1, "samples_per_chunk": 7},
         "train": {"expansion_factor": 2, "k": 4, "aux_k": 8, "batch_size": 64, "epochs": 1,
                   "holdout": 0.2, "buffer_size": 256},
-        "score": {"top_n": 2, "exclusive": False, "sweep": {"style": None, "object": sweep}},
-        "evaluate": {"num_steps": 2, "guidance": 2.0, "n_seeds": 1, "scheduler": scheduler}})
+        "score": {"top_n": 2, "exclusive": False,
+                  "sweep": {"style": None, "object": sweep, "workers": 1}},
+        "evaluate": {"n_seeds": 1}})
 
 
 def check_finished(result: dict, root) -> None:

@@ -187,14 +187,16 @@ def test_the_sweep_judges_a_stable_diffusion_grid_with_its_judge(classifiers, ti
     from saeuron.metrics import Judged, unlearning_metrics
     from saeuron.diffusion import load_pipeline
     from saeuron.sae import SAEConfig, SparseAutoencoder
-    from saeuron.sweep import SweepConfig, sampling, sweep_concept, validation_cells
+    from saeuron.sampling import SamplingConfig
+    from saeuron.sweep import SweepConfig, sweep_concept, validation_cells
 
     judge, grid = small_world(classifiers)
     pipe, hook = load_pipeline(tiny_sd_dir), "up_blocks.1.attentions.0"
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=32, expansion_factor=2, k=4))
-    cfg = SweepConfig(top_n=[2], multipliers=[-5.0], own=3, others=2, num_steps=2, guidance=2.0,
-                      finalists=0, fallback_gate=None)
+    cfg = SweepConfig(top_n=[2], multipliers=[-5.0], own=3, others=2, finalists=0,
+                      fallback_gate=None)
+    fast = SamplingConfig(num_steps=2, guidance=2.0)
 
     def edit(n: int, gamma: float, gate: str) -> Edit:
         selected = np.zeros((1, 1, 64), bool)
@@ -203,10 +205,11 @@ def test_the_sweep_judges_a_stable_diffusion_grid_with_its_judge(classifiers, ti
 
     val = validation_cells(grid, "object", ["Cats"], cfg)
     assert sum("Cats" in p for p in val.prompts) == 3 and len(val.prompts) == 5
-    n, gamma, gate, rows = sweep_concept(pipe, judge, grid, sae, hook, "object", "Cats", edit, cfg)
+    n, gamma, gate, rows = sweep_concept(pipe, judge, grid, sae, hook, "object", "Cats", edit, cfg,
+                                         fast)
     assert (n, gamma, rows[0]["concept"], rows[0]["images"]) == (2, -5.0, "Cats", 5)
     images = sample_edited(pipe, hook, sae, edit(2, -5.0, "mean"), val.prompts, val.seeds,
-                           **sampling(cfg))
+                           **fast.options())
     style, obj = predict_in(judge, images, grid)
     report = unlearning_metrics(Judged(val.styles, val.objects, style, obj,
                                        grid.styles + ("none",), grid.objects), "object", ["Cats"])
@@ -222,6 +225,7 @@ def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_
     from flows.score import score
     from saeuron.run import RunConfig
     from saeuron.sae import SAEConfig, SparseAutoencoder
+    from saeuron.sampling import SamplingConfig
     from saeuron.scoring import DomainHooks, DomainSweeps, ScoreConfig
     from saeuron.sweep import SweepConfig
     from saeuron.unlearning import EvaluateConfig
@@ -238,11 +242,13 @@ def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_
     SparseAutoencoder(SAEConfig(d_in=32, expansion_factor=2, k=4)).save(tmp_path / "sae" / HOOK)
     layout.finish("train", "sae-0", {HOOK: str(tmp_path / "sae" / HOOK)}, {}, 0.0, upstream={})
     run = RunConfig(root=str(tmp_path))
-    sweep = SweepConfig(top_n=[1, 2], multipliers=[-3.0], own=2, others=2, num_steps=2,
-                        guidance=2.0, finalists=0, fallback_gate=None, workers=1)
+    sweep = SweepConfig(top_n=[1, 2], multipliers=[-3.0], own=2, others=2, finalists=0,
+                        fallback_gate=None)
+    fast = SamplingConfig(num_steps=2, guidance=2.0)
     scored = score(ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2,
-                               exclusive=False, gate="mean", sweep=DomainSweeps(object=sweep)),
-                   run, classifier=classifier)
+                               exclusive=False, gate="mean",
+                               sweep=DomainSweeps(object=sweep, workers=1)),
+                   run, classifier=classifier, sampling=fast)
     attrs, _, _ = read_features(scored["outputs"]["object"])
     assert {r["concept"] for r in attrs["sweep"]} == {"Cats", "Dogs"}, \
         "the score stage sweeps Stable Diffusion's objects, judged by the ViT classifiers"
@@ -250,8 +256,8 @@ def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_
     _, small = small_world(classifiers)
     monkeypatch.setattr(EvaluateConfig, "concept_grid", lambda self: small)  # 51 x 20: 45 s here
     config = EvaluateConfig(model=str(tiny_sd_dir), grid="unlearncanvas", classifier=classifier,
-                            style_sets=[], num_steps=2, guidance=2.0)
-    manifest = evaluate(config, run)
+                            style_sets=[])
+    manifest = evaluate(config, run, sampling=fast)
     rows = {name: json.loads((tmp_path / "eval" / name / "metrics.json").read_text())["row"]
             for name in ("baseline", "Monet", "Cubism", "Cats", "Dogs")}
     assert all(0 <= rows[n][m] <= 1 for n in ("Monet", "Cats") for m in ("UA", "IRA", "CRA"))
@@ -277,8 +283,12 @@ def test_the_sd_config_names_the_classifiers_and_the_grids_must_agree():
         config.evaluate.concept_grid()
     assert config.score.sweep.style is None and config.score.sweep.object.top_n == [1]
     assert config.stage_options("score") == {"classifier": config.evaluate.classifier,
-                                             "device": "cuda", "grid": "unlearncanvas"}, \
-        "the sweep judges as evaluate"
+                                             "sampling": config.sampling,
+                                             "grid": "unlearncanvas"}, \
+        "the sweep samples and judges as evaluate"
+    assert (config.sampling.device, config.sampling.num_steps, config.sampling.guidance) == (
+        "cuda", 100, 9.0), "the paper's evaluation: DDIM 100 steps, guidance 9"
+    assert config.harvest.sampling(config.sampling).num_steps == 50, "harvested at 50 steps"
     assert config.evaluate.seeds() == [188, 288, 588, 688, 888], "the benchmark's seeds"
     clash = config.model_dump()
     clash["harvest"]["n_seeds"] = 300
