@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saeuron.intervention import Edit, Edits, Unlearn, touched_pictures
+from saeuron.intervention import Edit, Edits, Recorded, Unlearn, touched_pictures
 from saeuron.diffusion import Pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sampling import sample
@@ -37,7 +37,7 @@ class Unedited:
 
     images: np.ndarray
     """uint8 (N, H, W, 3)."""
-    recorded: dict[str, list[tuple[int, torch.Tensor]]] = field(default_factory=dict)
+    recorded: dict[str, list[Recorded]] = field(default_factory=dict)
 
     @classmethod
     def concat(cls, parts: list["Unedited"]) -> "Unedited":
@@ -47,12 +47,13 @@ class Unedited:
                    {b: [call for p in parts for call in p.recorded[b]] for b in blocks})
 
     def save(self, path: str | Path) -> Path:
-        """One .npz: the pictures, and each block's timesteps and per-call latents."""
+        """One .npz: the pictures, and each block's per-call batches, timesteps and latents."""
         arrays = {"images": self.images}
         for b, (block, calls) in enumerate(self.recorded.items()):
             arrays[f"block{b}"] = np.array(block)
-            arrays[f"block{b}_t"] = np.array([t for t, _ in calls])
-            arrays.update({f"block{b}_{i}": m.numpy() for i, (_, m) in enumerate(calls)})
+            arrays[f"block{b}_t"] = np.array([c.t for c in calls])
+            arrays[f"block{b}_batch"] = np.array([c.batch for c in calls])
+            arrays.update({f"block{b}_{i}": c.means.numpy() for i, c in enumerate(calls)})
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
@@ -66,9 +67,10 @@ class Unedited:
             recorded = {}
             b = 0
             while f"block{b}" in data:
-                steps = data[f"block{b}_t"]
                 recorded[str(data[f"block{b}"])] = [
-                    (int(t), torch.from_numpy(data[f"block{b}_{i}"])) for i, t in enumerate(steps)]
+                    Recorded(int(batch), int(t), torch.from_numpy(data[f"block{b}_{i}"]))
+                    for i, (batch, t) in enumerate(zip(data[f"block{b}_batch"],
+                                                       data[f"block{b}_t"]))]
                 b += 1
             return cls(images=data["images"], recorded=recorded)
 

@@ -32,6 +32,9 @@ class ConceptGrid:
     """Templates with an {object} placeholder only, for the unstyled cell (style 'none')."""
     anchors: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Optional anchor prompts per object: when given they replace {object} in the templates."""
+    prompts: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    """Optional prompts per (object, style) cell, as written: when given they are the cell's
+    prompts, templates and anchors aside (a world of labelled prompts)."""
 
     def check(self, objects: list[str] | None = None, styles: list[str] | None = None) -> None:
         """Raise, naming the known concepts, if a requested object or style is not in the grid."""
@@ -68,6 +71,8 @@ class ConceptGrid:
         return self._prompts(obj, style)[0]
 
     def _prompts(self, obj: str, style: str) -> list[str]:
+        if (obj, style) in self.prompts:
+            return list(self.prompts[obj, style])
         subjects = self.anchors.get(obj)
         if style == NO_STYLE:
             if subjects:

@@ -22,10 +22,14 @@ sampled exactly as without the edit. So an unedited run can record what its pict
 were (`Unlearn(..., record=True)`), and `touched_pictures` tells from that record, without
 sampling, which pictures an edit would change: only those need sampling again, and the
 touched pictures of several edits can share one batch (`Edits`: one edit per group of pictures).
+
+Which pictures are detected is state of one sampling batch: the sampling loop says when a batch
+starts (saeuron.sampling.sampling_batch), and the state starts afresh there.
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -36,6 +40,7 @@ from torch import nn
 
 from saeuron.capture import feature_map, resolve_blocks, unet_timestep, with_feature_map
 from saeuron.sae import SparseAutoencoder
+from saeuron.sampling import sampling_batch
 
 
 Gate = Literal["mean", "others", "detect"]
@@ -205,12 +210,23 @@ def picture_means(acts: torch.Tensor, idx: torch.Tensor, pictures: int,
     return means / (len(acts) // pictures)
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """One UNet call of an unedited run, as `touched_pictures` reads it."""
+
+    batch: int | None
+    """The sampling batch of the call (saeuron.sampling.sampling_batch)."""
+    t: int
+    means: torch.Tensor
+    """(row, latent) position-averaged latents of the call's CFG rows (picture_means)."""
+
+
 class Unlearn:
     """Context manager that edits a block's output with an SAE during sampling.
 
     With a detector, which pictures (batch rows) are detected is kept across the UNet calls of
-    one sampling run; a call at a higher timestep than the last, or with another batch size,
-    starts a new run. With `record`, each call's (timestep, picture_means) is kept in
+    one sampling batch and starts afresh with the next (saeuron.sampling.sampling_batch; outside
+    `sample`, for as long as the context lasts). With `record`, each call is kept in
     `recorded`, for `touched_pictures`."""
 
     def __init__(self, unet: nn.Module, block: str, sae: SparseAutoencoder,
@@ -220,9 +236,10 @@ class Unlearn:
         self.unet, self.sae, self.edit, self.error_sign = unet, sae, edit, error_sign
         self.module = resolve_blocks(unet, [block])[block]
         self.record = record
-        self.recorded: list[tuple[int, torch.Tensor]] = []
-        """Per UNet call (with `record`): its timestep and the rows' position-averaged latents."""
+        self.recorded: list[Recorded] = []
+        """Per UNet call (with `record`)."""
         self._t: int | None = None
+        self._batch: int | None = None
         self._detected: dict[int, torch.Tensor] = {}
         """Per group of pictures (Edits; 0 for a single edit), its rows detected so far."""
         self._handles: list = []
@@ -240,10 +257,9 @@ class Unlearn:
         self._handles = []
 
     def _on_unet(self, _m: nn.Module, args: tuple, kwargs: dict) -> None:
-        t = unet_timestep(args, kwargs)
-        if self._t is not None and t is not None and t > self._t:
-            self._detected = {}
-        self._t = t
+        if (batch := sampling_batch()) != self._batch:
+            self._detected, self._batch = {}, batch
+        self._t = unet_timestep(args, kwargs)
 
     @torch.no_grad()
     def _on_block(self, _m: nn.Module, _args: tuple, output: object) -> object:
@@ -261,7 +277,7 @@ class Unlearn:
         detecting = any(e is not None and e.detector is not None for e, _ in groups)
         means = (picture_means(acts, idx, b, n_latents) if self.record or detecting else None)
         if self.record:
-            self.recorded.append((self._t, means.cpu()))
+            self.recorded.append(Recorded(self._batch, self._t, means.cpu()))
         edited = acts
         if groups and self._t is not None:
             edited, hits, selected = acts.clone(), 0, 0
@@ -305,7 +321,7 @@ class Unlearn:
         or edited everywhere at this step (inf where none of them selects the latent)."""
         now = det.detects(means, row)
         detected = self._detected.get(group)
-        if detected is None or detected.shape != now.shape:
+        if detected is None or detected.shape != now.shape:  # outside `sample`: other pictures
             detected = self._detected[group] = torch.zeros_like(now)
         detected |= now & ~torch.from_numpy(det.everywhere).to(means.device)  # never latched
         factor = torch.from_numpy(det.factor[:, row]).float().to(means.device)
@@ -314,22 +330,16 @@ class Unlearn:
         return torch.where(edited, factor[None], torch.inf).amin(1)
 
 
-def touched_pictures(edit: Edit | None, recorded: list[tuple[int, torch.Tensor]]) -> np.ndarray:
+def touched_pictures(edit: Edit | None, recorded: list[Recorded]) -> np.ndarray:
     """bool per picture of an unedited sampling run that recorded `recorded` (Unlearn with
     `record`; CFG batches of [unconditional, conditional] rows, one batch after another): the
     pictures `edit` would change. A picture none of whose rows a detector ever detects is never
     edited, so its sampling run is the unedited one, step for step; every other picture, and
     every picture under an edit without a detector, counts as touched."""
-    runs: list[list[torch.Tensor]] = []
-    last = None
-    for t, means in recorded:  # a higher timestep than the last starts the next batch
-        if last is None or t >= last:
-            runs.append([])
-        runs[-1].append((t, means))
-        last = t
     out = []
-    for run in runs:
-        rows = len(run[0][1])
+    for _, calls in itertools.groupby(recorded, key=lambda call: call.batch):
+        calls = list(calls)
+        rows = len(calls[0].means)
         if edit is None:
             out.append(np.zeros(rows // 2, bool))
             continue
@@ -337,7 +347,7 @@ def touched_pictures(edit: Edit | None, recorded: list[tuple[int, torch.Tensor]]
             out.append(np.ones(rows // 2, bool))
             continue
         hit = torch.zeros(rows, dtype=torch.bool)
-        for t, means in run:
-            hit |= edit.detector.detects(means, edit.row(t)).any(1)
+        for call in calls:
+            hit |= edit.detector.detects(call.means, edit.row(call.t)).any(1)
         out.append((hit[:rows // 2] | hit[rows // 2:]).numpy())
     return np.concatenate(out) if out else np.zeros(0, bool)

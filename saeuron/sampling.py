@@ -15,6 +15,11 @@ float32. Without native kernels bfloat16 convolutions fall back to a slow refere
 combination, the scheduler and the decoder stay in float32, and so do the hooks' SAE
 encodings (saeuron.intervention). Each is deterministic at a fixed thread count.
 
+Hooks that keep per-picture state across the UNet calls of one batch (the detect gate of
+saeuron.intervention) read which batch is being sampled from `sampling_batch()`: `sample` sets
+it in its thread before each batch's first UNet call, so their state starts afresh with every
+batch, by the loop's word rather than by guessing from the timesteps.
+
 `SamplingConfig` is how a run samples: one block that the sweeps and the evaluation share (the
 sweep must sample as the evaluation does to choose for it), and that the harvest follows but
 for its own number of steps and precision (HarvestConfig).
@@ -22,6 +27,8 @@ for its own number of steps and precision (HarvestConfig).
 
 from __future__ import annotations
 
+import itertools
+import threading
 from contextlib import nullcontext
 from typing import Callable, ContextManager, Literal
 
@@ -76,6 +83,16 @@ class SamplingConfig(Config):
     def fingerprint(self) -> dict:
         """What sampled results depend on: every option but the device."""
         return self.model_dump(mode="json", exclude={"device"})
+
+
+_BATCHES = itertools.count()
+_CURRENT = threading.local()
+
+
+def sampling_batch() -> int | None:
+    """The id of the batch `sample` is sampling in this thread (unique in the process), or None
+    outside `sample`."""
+    return getattr(_CURRENT, "batch", None)
 
 
 def resolve_precision(precision: Precision, device: str | torch.device = "cpu") -> str:
@@ -148,20 +165,24 @@ def sample(pipe: Pipeline, prompts: list[str], seeds: list[int], *, num_steps: i
     cond_all = pipe.encode_prompts(list(prompts))
     uncond = pipe.encode_prompts([""])
     out = []
-    for start in range(0, len(prompts), batch_size):
-        cond = cond_all[start:start + batch_size]
-        latents = initial_latents(pipe, seeds[start:start + batch_size])
-        context = torch.cat([uncond.expand(len(cond), -1, -1), cond])
-        steps = make_scheduler(pipe, num_steps, scheduler)
-        latents = latents * steps.init_noise_sigma
-        for t in steps.timesteps:
-            model_in = steps.scale_model_input(torch.cat([latents, latents]), t)
-            with autocast:
-                eps = pipe.unet(model_in, t, encoder_hidden_states=context).sample
-            eps_u, eps_c = eps.to(latents.dtype).chunk(2)
-            latents = steps.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
-        images = pipe.latents_to_images(latents)
-        out.append((images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
-        if progress:
-            progress(min(start + batch_size, len(prompts)), len(prompts))
+    try:
+        for start in range(0, len(prompts), batch_size):
+            _CURRENT.batch = next(_BATCHES)
+            cond = cond_all[start:start + batch_size]
+            latents = initial_latents(pipe, seeds[start:start + batch_size])
+            context = torch.cat([uncond.expand(len(cond), -1, -1), cond])
+            steps = make_scheduler(pipe, num_steps, scheduler)
+            latents = latents * steps.init_noise_sigma
+            for t in steps.timesteps:
+                model_in = steps.scale_model_input(torch.cat([latents, latents]), t)
+                with autocast:
+                    eps = pipe.unet(model_in, t, encoder_hidden_states=context).sample
+                eps_u, eps_c = eps.to(latents.dtype).chunk(2)
+                latents = steps.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+            images = pipe.latents_to_images(latents)
+            out.append((images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
+            if progress:
+                progress(min(start + batch_size, len(prompts)), len(prompts))
+    finally:
+        _CURRENT.batch = None
     return np.concatenate(out)

@@ -4,6 +4,8 @@ templates, the blocks whose SAEs remove each domain, and the judge (saeuron.judg
     model: models/my-sd              # a diffusers folder; relative paths are from this file
     objects: [apple, pear, plum]
     styles: [watercolor, pixel_art]  # underscores read as spaces in prompts
+    # prompts from templates (styled_templates, plain_templates), or labelled prompts:
+    # prompts: [{prompt: "a red apple, watercolor", object: apple, style: watercolor}, ...]
     hooks: {style: up_blocks.1.attentions.2, object: up_blocks.1.attentions.1}
     judge: {kind: clip, path: models/clip}   # or transformers / timm classifiers
     defaults: {sampling: {num_steps: 30}}    # options of the pipeline this world is run with
@@ -26,6 +28,12 @@ from saeuron.names import NO_STYLE
 SUFFIXES = (".yaml", ".yml")
 
 
+class LabelledPrompt(Config):
+    prompt: str = Field(..., min_length=1, description="The prompt, as sampled.")
+    object: str = Field(..., description="The object it shows.")
+    style: str = Field(NO_STYLE, description="The style it shows ('none': unstyled).")
+
+
 class WorldHooks(Config):
     style: str = Field(..., description="Block whose SAE removes styles.")
     object: str = Field(..., description="Block whose SAE removes objects.")
@@ -42,6 +50,11 @@ class WorldFile(Config):
                                         description="Prompts of a styled cell.")
     plain_templates: list[str] = Field(["a {object}."], min_length=1, description="Prompts "
                                        "of an unstyled cell.")
+    prompts: list[LabelledPrompt] | None = Field(None, description="Or the prompts themselves, "
+                                                 "each labelled with its object and style, at "
+                                                 "least one per cell (every object, unstyled "
+                                                 "and in every style); the first of a cell is "
+                                                 "the one the sweep and the evaluation sample.")
     hooks: WorldHooks = Field(..., description="The blocks whose SAEs edit each domain.")
     judge: JudgeSpec = Field(..., description="The classifier that names a picture's concepts.")
     defaults: dict = Field({}, description="Pipeline options this world runs with, as in a "
@@ -64,12 +77,27 @@ class WorldFile(Config):
                 if missing or ("{style}" in template and field == "plain_templates"):
                     raise ValueError(f"{field}: {template!r} must hold {' and '.join(needed)}"
                                      + (" and no {style}" if field == "plain_templates" else ""))
+        if self.prompts is not None:
+            styles = [*self.styles, NO_STYLE]
+            for p in self.prompts:
+                if p.object not in self.objects or p.style not in styles:
+                    raise ValueError(f"prompts: {p.prompt!r} is labelled ({p.object}, {p.style}); "
+                                     f"objects are {self.objects}, styles {styles}")
+            labelled = {(p.object, p.style) for p in self.prompts}
+            empty = [(o, s) for s in styles for o in self.objects if (o, s) not in labelled]
+            if empty:
+                raise ValueError(f"prompts: no prompt for the cell(s) {empty[:5]}"
+                                 + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+                                 + "; every object needs one unstyled and one in each style")
         return self
 
     def grid(self) -> ConceptGrid:
+        cells: dict[tuple[str, str], tuple[str, ...]] = {}
+        for p in self.prompts or []:
+            cells[p.object, p.style] = cells.get((p.object, p.style), ()) + (p.prompt,)
         return ConceptGrid(name=self.name or "world", objects=tuple(self.objects),
                            styles=tuple(self.styles), styled_templates=tuple(self.styled_templates),
-                           plain_templates=tuple(self.plain_templates))
+                           plain_templates=tuple(self.plain_templates), prompts=cells)
 
 
 def is_world_file(name: str) -> bool:

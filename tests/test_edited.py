@@ -31,7 +31,7 @@ def detecting_edit(pipe, sae, unedited: Unedited) -> Edit:
     selected = np.zeros((1, len(timesteps), n), bool)
     selected[..., :16] = True
     weight = selected.astype(np.float32)
-    first = unedited.recorded[HOOK][0][1]  # (rows, latents) at the first step
+    first = unedited.recorded[HOOK][0].means  # (rows, latents) at the first step
     score = first @ torch.from_numpy(weight[0, 0])
     cutoff = np.full((1, len(timesteps)), float(score.median()), np.float32)
     checked = np.zeros((1, len(timesteps)), bool)
@@ -76,9 +76,10 @@ def test_edits_without_detector_or_reference_sign_sample_every_picture(pipe, sae
                                         unedited=unedited, error_sign=-1, **options), reference)
     loaded = Unedited.load(unedited.save(tmp_path / "unedited.npz"))
     assert np.array_equal(loaded.images, unedited.images)
-    assert [t for t, _ in loaded.recorded[HOOK]] == [t for t, _ in unedited.recorded[HOOK]]
-    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(loaded.recorded[HOOK],
-                                                          unedited.recorded[HOOK]))
+    assert [(c.batch, c.t) for c in loaded.recorded[HOOK]] == [
+        (c.batch, c.t) for c in unedited.recorded[HOOK]]
+    assert all(torch.equal(a.means, b.means) for a, b in zip(loaded.recorded[HOOK],
+                                                            unedited.recorded[HOOK]))
 
 
 def test_runs_of_several_batches_are_told_apart(pipe, sae):
@@ -87,6 +88,9 @@ def test_runs_of_several_batches_are_told_apart(pipe, sae):
     split = sample_unedited(pipe, {HOOK: sae}, PROMPTS, SEEDS, batch_size=4, **options)
     edit = detecting_edit(pipe, sae, one)
     assert len(touched_pictures(edit, split.recorded[HOOK])) == len(PROMPTS)
+    assert len({c.batch for c in split.recorded[HOOK]}) == 2, "the loop names each batch"
+    np.testing.assert_array_equal(touched_pictures(edit, split.recorded[HOOK]),
+                                  touched_pictures(edit, one.recorded[HOOK]))
 
 
 def test_edits_sampled_together_act_each_on_its_own_pictures(pipe, sae):

@@ -134,3 +134,33 @@ def test_a_bad_world_file_says_what_is_wrong(tmp_path, tiny_sd_dir):
 
     with pytest.raises(ValueError, match="is not a transformers model folder"):
         load_world(world).judge("cpu")
+
+
+def test_a_world_of_labelled_prompts_samples_them_as_written(tmp_path, tiny_sd_dir):
+    from saeuron.harvest import HarvestConfig, prepare
+    from saeuron.run import PipelineConfig
+
+    prompts = [{"prompt": f"a {o} painted in {s}." if s != "none" else f"just a {o}.",
+                "object": o, "style": s} for s in STYLES + ["none"] for o in OBJECTS]
+    prompts.append({"prompt": "another apple in watercolor.", "object": "apple",
+                    "style": "watercolor"})
+    world = world_file(tmp_path, tiny_sd_dir, {"kind": "clip", "path": str(tmp_path)},
+                       prompts=prompts)
+    config = PipelineConfig(world=world)
+    table = prepare(config.harvest.model_copy(update={"n_seeds": 1})).table
+    assert len(table) == len(prompts), "every labelled prompt, once per seed"
+    row = table[table.prompt == "another apple in watercolor."].iloc[0]
+    assert (row.object, row["style"]) == ("apple", "watercolor")
+    assert config.evaluate.concept_grid().prompt("apple", "watercolor") == \
+        "a apple painted in watercolor.", "a cell's first prompt is the one evaluated"
+    assert HarvestConfig(model=world, grid=world).concept_grid().prompt("pear", "none") == \
+        "just a pear."
+    with pytest.raises(ValueError, match=r"no prompt for the cell\(s\) \[\('plum', 'none'\)\]"):
+        PipelineConfig(world=world_file(tmp_path, tiny_sd_dir, {"kind": "clip",
+                                                                "path": str(tmp_path)},
+                                        prompts=prompts[:-2] + prompts[-1:]))
+    with pytest.raises(ValueError, match=r"'a kiwi\.' is labelled \(kiwi, none\)"):
+        PipelineConfig(world=world_file(tmp_path, tiny_sd_dir, {"kind": "clip",
+                                                                "path": str(tmp_path)},
+                                        prompts=prompts + [{"prompt": "a kiwi.",
+                                                            "object": "kiwi"}]))
