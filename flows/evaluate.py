@@ -14,6 +14,7 @@ from saeuron.run import RunConfig
 from saeuron.sampling import SamplingConfig
 from saeuron.threads import torch_threads
 from saeuron.unlearning import EvaluateConfig
+from saeuron.worlds import world_digest
 from storage.features import DOMAINS, scored_domains
 from storage.layout import UnitResults, fingerprint, made
 from tasks.evaluate import done_before, publish, unedited_target, unlearn_target
@@ -33,7 +34,7 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), run: RunConfig = RunConf
     domains, hooks = scored_domains(features)
     targets = config.targets(domains, config.concept_grid())
     fp = fingerprint("evaluate", code_fingerprint("evaluate"), config.model_dump(mode="json"),
-                     sampling.fingerprint(), made(scored))
+                     sampling.fingerprint(), world_digest(config.grid), made(scored))
     if hit := cached(layout, "evaluate", fp, force):
         return hit
     out_dir = layout.eval_dir

@@ -33,13 +33,23 @@ def parser() -> argparse.ArgumentParser:
     return out
 
 
-def _paths(data: Any) -> list[Path]:
-    """Existing files and folders named anywhere in a configuration (a model, a classifier)."""
+def _paths(data: Any, base: Path = Path("."), seen: set[Path] | None = None) -> list[Path]:
+    """Existing files and folders named anywhere in a configuration (a model, a world file),
+    and, through a YAML file it names (a world file), those named there (relative to it)."""
+    seen = set() if seen is None else seen
     if isinstance(data, dict):
-        return [p for v in data.values() for p in _paths(v)]
+        return [p for v in data.values() for p in _paths(v, base, seen)]
     if isinstance(data, list):
-        return [p for v in data for p in _paths(v)]
-    return [Path(data)] if isinstance(data, str) and data and os.path.exists(data) else []
+        return [p for v in data for p in _paths(v, base, seen)]
+    if not isinstance(data, str) or not data or not os.path.exists(base / data):
+        return []
+    path = (base / data).resolve()
+    if path in seen:
+        return []
+    seen.add(path)
+    inner = (_paths(load_yaml(path), path.parent, seen)
+             if path.suffix in (".yaml", ".yml") and path.is_file() else [])
+    return [path, *inner]
 
 
 def refuse(message: str) -> None:

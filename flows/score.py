@@ -11,22 +11,19 @@ from flows.stage import cached, code_fingerprint, holds_root, layout_of
 from saeuron.run import RunConfig
 from saeuron.sampling import SamplingConfig
 from saeuron.scoring import ScoreConfig
-from saeuron.vit_judge import ViTJudgeConfig
-from saeuron.world_file import is_world_file
-from saeuron.worlds import DEFAULT
-from storage.layout import content_digest, fingerprint, made
+from saeuron.worlds import DEFAULT, world_digest
+from storage.layout import fingerprint, made
 from tasks.score import score_features
 
 
 @flow(name="score")
 @holds_root
 def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
-          force: bool = False, classifier: ViTJudgeConfig | None = None,
-          sampling: SamplingConfig = SamplingConfig(), grid: str = DEFAULT) -> dict:
+          force: bool = False, sampling: SamplingConfig = SamplingConfig(),
+          grid: str = DEFAULT) -> dict:
     """Score each domain's SAE on the held-out split into the run's feature stores (one per
     hook, holding the domains that hook removes). The sweep samples and judges its validation
-    pictures as the evaluation does: `sampling`, and `classifier` (the evaluation's; None: the
-    judge of the world `grid`)."""
+    pictures as the evaluation does: `sampling`, on world `grid`'s grid by its judge."""
     start = time.time()
     layout = layout_of(run)
     harvested = layout.upstream("harvest", "score")
@@ -38,17 +35,15 @@ def score(config: ScoreConfig = ScoreConfig(), run: RunConfig = RunConfig(),
                          f"{sorted(trained['outputs'])}")
     fp = fingerprint("score", code_fingerprint("score"), config.model_dump(mode="json"),
                      made(harvested), made(trained),
-                     classifier and classifier.model_dump(mode="json"),
-                     config.sweep.domains() and sampling.fingerprint(),
-                     *([content_digest(grid)] if is_world_file(grid) else []))
+                     config.sweep.domains() and (sampling.fingerprint(), world_digest(grid)))
     if hit := cached(layout, "score", fp, force):
         return hit
     urls = {hook: layout.features(hook) for hook in by_hook}
     layout.begin("score", fp, list(urls.values()), force)
     summaries = [score_features(harvested["outputs"]["score"], str(layout.sae_dir), urls[hook],
                                 config, hook, domains, run.dask_address,
-                                model=harvested["metrics"].get("model"), classifier=classifier,
-                                sampling=sampling, grid=grid)
+                                model=harvested["metrics"].get("model"), sampling=sampling,
+                                grid=grid)
                  for hook, domains in by_hook.items()]
     create_table_artifact(summaries, key="score-summary", description="Selected features")
     outputs = {domain: urls[hook] for hook, domains in by_hook.items() for domain in domains}

@@ -39,9 +39,8 @@ from saeuron.names import SPLIT_SEED_BASE
 class HarvestConfig(Config):
     model: str = Field(DEFAULT, description="Pipeline folder, or a world (its model; "
                        "'minicanvas': the shipped MiniCanvas model).")
-    grid: GridName = Field(DEFAULT, description="Concept grid: a world's, or unlearncanvas.")
-    anchor_dir: str | None = Field(None, description="UnlearnCanvas only: folder of "
-                                   "<Object>.txt anchor prompt files.")
+    grid: GridName = Field(DEFAULT, description="Concept grid: a world's (a registered world, "
+                           "or a world file).")
     objects: list[str] | None = Field(None, description="Objects to prompt (default: all).")
     styles: list[str] | None = Field(None, description="Styles to prompt, 'none' for unstyled "
                                      "(default: all and 'none').")
@@ -76,10 +75,7 @@ class HarvestConfig(Config):
         return str(world(self.model).model_dir) if is_world(self.model) else self.model
 
     def concept_grid(self) -> ConceptGrid:
-        options = {"anchor_dir": self.anchor_dir} if self.grid == "unlearncanvas" else {}
-        if self.grid != "unlearncanvas" and self.anchor_dir:
-            raise ValueError("anchor_dir applies to the unlearncanvas grid only")
-        return get_grid(self.grid, **options)
+        return get_grid(self.grid)
 
     def seeds(self) -> list[int]:
         return [SPLIT_SEED_BASE[self.split] + i for i in range(self.n_seeds)]

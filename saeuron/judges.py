@@ -1,5 +1,6 @@
-"""Judges of a user's world (saeuron.world_file): transformers image classifiers, CLIP zero-shot
-over the concept names, or timm-format ViTs, each with the GridJudge interface (saeuron.judging).
+"""Judges of a world file (saeuron.world_file): transformers image classifiers, CLIP zero-shot
+over the concept names, timm-format ViTs, or UnlearnCanvas's own classifiers, each with the
+GridJudge interface (saeuron.judging).
 
 Nothing is downloaded: every judge loads from local folders or files.
 """
@@ -15,6 +16,8 @@ from pydantic import Field
 
 from saeuron.config import Config
 from saeuron.names import NO_STYLE
+from saeuron.vit_judge import ViTJudge, ViTJudgeConfig
+
 
 
 class TransformersJudgeSpec(Config):
@@ -52,7 +55,7 @@ class TimmJudgeSpec(Config):
     batch_size: int = Field(64, ge=1, le=4096, description="Images per classifier call.")
 
 
-JudgeSpec = Annotated[Union[TransformersJudgeSpec, ClipJudgeSpec, TimmJudgeSpec],
+JudgeSpec = Annotated[Union[TransformersJudgeSpec, ClipJudgeSpec, TimmJudgeSpec, ViTJudgeConfig],
                       Field(discriminator="kind")]
 
 
@@ -155,14 +158,15 @@ class ClipJudge:
         return self._images(images).float().cpu().numpy()
 
 
-def load_judge(spec: TransformersJudgeSpec | ClipJudgeSpec | TimmJudgeSpec,
+def load_judge(spec: TransformersJudgeSpec | ClipJudgeSpec | TimmJudgeSpec | ViTJudgeConfig,
                styles: tuple[str, ...], objects: tuple[str, ...], device: str = "cpu"):
     """The judge `spec` describes, for a world of these styles and objects."""
     if isinstance(spec, TransformersJudgeSpec):
         return TransformersJudge(spec, device)
     if isinstance(spec, ClipJudgeSpec):
         return ClipJudge(spec, styles, objects, device)
-    from saeuron.vit_judge import ViTJudge, ViTJudgeConfig
+    if isinstance(spec, ViTJudgeConfig):
+        return ViTJudge(spec, device)
 
     labels = {"style": spec.style_labels or [*styles, NO_STYLE],
               "object": spec.object_labels or list(objects)}

@@ -134,12 +134,11 @@ class PipelineConfig(Config):
     def stage_options(self, stage: Stage) -> dict:
         """The stage flow's parameters beyond its section and `run`: the sampling of every stage
         that samples; the harvest's scoring seeds; for the score stage's sweep, the evaluation's
-        classifier and grid (it judges as the evaluation does)."""
+        grid (it judges as the evaluation does)."""
         if stage == "harvest":
             return {"score_seeds": self.score_seeds, "sampling": self.sampling}
         if stage == "score":
-            return {"classifier": self.evaluate.classifier, "sampling": self.sampling,
-                    "grid": self.evaluate.grid}
+            return {"sampling": self.sampling, "grid": self.evaluate.grid}
         if stage == "evaluate":
             return {"sampling": self.sampling}
         return {}

@@ -7,18 +7,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from saeuron.config import Config
 from saeuron.edited import Unedited, sample_edited, sample_unedited
-from saeuron.grid import ConceptGrid, unlearncanvas_grid
+from saeuron.grid import ConceptGrid
 from saeuron.names import NO_STYLE, SPLIT_SEED_BASE
 from saeuron.intervention import Edit, Gate, gate_thresholds
 from saeuron.judging import GridJudge, GridResult, grid_table, judge_grid
 from saeuron.diffusion import Pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sweep import ValidationConfig
-from saeuron.vit_judge import ViTJudge, ViTJudgeConfig
 from saeuron.worlds import DEFAULT, WORLDS, GridName, world
 from storage.features import DomainFeatures
 
@@ -94,31 +93,10 @@ def reference_features(judge: GridJudge, grid: ConceptGrid, seeds: tuple[int, ..
     return judge.embed(render(list(table["object"]), list(table["style"]), list(table["seed"])))
 
 
-def classifier_grid(classifier: ViTJudgeConfig | None, grid: str = DEFAULT) -> ConceptGrid:
-    """The grid a classifier judges: world `grid`'s for its own judge (None); for the
-    UnlearnCanvas classifiers, the styles the style head names (its size tells styles_60 from
-    styles_unlearning; only the heads' shapes are read)."""
-    if classifier is None:
-        return world(grid).grid()
-    return unlearncanvas_grid(style_set=classifier.style_set())
-
-
-def classifier_judge(classifier: ViTJudgeConfig | None, device: str = "cpu",
-                     grid: str = DEFAULT) -> GridJudge:
-    """World `grid`'s judge (None), or the UnlearnCanvas classifiers, on `device`."""
-    if classifier is None:
-        return world(grid).judge(device)
-    return ViTJudge(classifier, device=device)
-
-
 class EvaluateConfig(Config):
     model: str = Field(DEFAULT, description="Pipeline folder, or a world (its model).")
-    grid: GridName = Field(DEFAULT, description="Grid sampled and judged; the harvest's grid: a "
-                           "world, or unlearncanvas ('An {object} image in {style} style.' over "
-                           "the styles its classifier names).")
-    classifier: ViTJudgeConfig | None = Field(None, description="The UnlearnCanvas ViT "
-                                              "classifiers, required by (and only for) the "
-                                              "unlearncanvas grid; None: the world's judge.")
+    grid: GridName = Field(DEFAULT, description="World whose grid is sampled, and judged by its "
+                           "judge: the harvest's.")
     styles: list[str] | None = Field(None, description="Style targets, one at a time "
                                      "(default: every named style).")
     objects: list[str] | None = Field(None, description="Object targets, one at a time "
@@ -169,21 +147,11 @@ class EvaluateConfig(Config):
             raise ValueError(f"seed_list must hold distinct seeds >= 0, got {values}")
         return values
 
-    @model_validator(mode="after")
-    def _judge_fits_grid(self) -> "EvaluateConfig":
-        if (self.grid == "unlearncanvas") != (self.classifier is not None):
-            raise ValueError("the unlearncanvas grid is judged by the UnlearnCanvas classifiers "
-                             "(set evaluate.classifier: {style: ..., object: ...}), and a "
-                             f"world's grid by the world's judge; got grid {self.grid!r} "
-                             f"with classifier {self.classifier}")
-        return self
-
     def concept_grid(self) -> ConceptGrid:
-        """The evaluation grid (classifier_grid)."""
-        return classifier_grid(self.classifier, self.grid)
+        return world(self.grid).grid()
 
     def judge(self, device: str = "cpu") -> GridJudge:
-        return classifier_judge(self.classifier, device, self.grid)
+        return world(self.grid).judge(device)
 
     def targets(self, domains: dict[str, DomainFeatures],
                 grid: ConceptGrid) -> list[tuple[str, list[str], str]]:

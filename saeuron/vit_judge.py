@@ -34,6 +34,10 @@ SEED_IMAGES = "Seed_Images"
 
 
 class ViTJudgeConfig(Config):
+    """The UnlearnCanvas benchmark's judge: its fine-tuned timm ViT-Large style and object
+    classifiers, with the benchmark's labels (saeuron.vit_judge)."""
+
+    kind: Literal["unlearncanvas"] = "unlearncanvas"
     style: str = Field(..., description="Style classifier: a timm vit_large_patch16_224 state "
                        "dict (.pth, .pt or .safetensors) with 61 (styles_60) or 51 "
                        "(styles_unlearning) classes.")

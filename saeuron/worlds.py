@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Callable
 
 import numpy as np
 from pydantic import AfterValidator
 
-from saeuron.grid import ConceptGrid, unlearncanvas_grid
-from saeuron.world_file import is_world_file, read_world_file
+from saeuron.grid import ConceptGrid
+from saeuron.world_file import is_world_file, judged_by, read_world_file
 
 if TYPE_CHECKING:
     from saeuron.judging import GridJudge
@@ -52,13 +52,15 @@ def is_world(name: str) -> bool:
 
 
 def file_world(path: str | Path) -> World:
-    """The world a user's world file describes (saeuron.world_file)."""
+    """The world a world file describes (saeuron.world_file). Its grid is made when first asked
+    for (a benchmark's reads its classifier's head)."""
     from saeuron.judges import load_judge  # torch and transformers, only when judging
 
     spec = read_world_file(path)
-    grid = spec.grid()
-    return World(name=grid.name, model_dir=Path(spec.model), hooks=spec.hooks.model_dump(),
-                 grid=lambda: grid, judge=partial(load_judge, spec.judge, grid.styles, grid.objects),
+    grid = cache(spec.grid)
+    return World(name=spec.name, model_dir=Path(spec.model), hooks=spec.hooks.model_dump(),
+                 grid=grid, judge=lambda device: load_judge(spec.judge, grid().styles,
+                                                            grid().objects, device),
                  defaults=spec.defaults)
 
 
@@ -72,13 +74,19 @@ def world(name: str = DEFAULT) -> World:
     return importlib.import_module(WORLDS[name]).WORLD
 
 
-def get_grid(name: str, **options: object) -> ConceptGrid:
-    """A world's grid by name, or the UnlearnCanvas grid (`options`: unlearncanvas_grid's)."""
-    if name == "unlearncanvas":
-        return unlearncanvas_grid(**options)
-    if not is_world(name):
-        raise ValueError(f"unknown grid {name!r}; built-in grids: "
-                         f"{', '.join([*WORLDS, 'unlearncanvas'])}, or a world file (.yaml)")
+def world_digest(name: str) -> str | None:
+    """What a world's judged results depend on beyond its name: a world file's text and the
+    judge and prompt files it names; None for a registered world (its files are the project's
+    own code and weights, which the stages' code fingerprints cover)."""
+    if not is_world_file(name):
+        return None
+    from storage.layout import content_digest, fingerprint
+
+    return fingerprint([content_digest(p) for p in [name, *judged_by(read_world_file(name))]])
+
+
+def get_grid(name: str) -> ConceptGrid:
+    """The grid of world `name` (a registered world, or a world file's path)."""
     return world(name).grid()
 
 
@@ -87,14 +95,7 @@ def _known_world(name: str) -> str:
     return name
 
 
-def _known_grid(name: str) -> str:
-    if name != "unlearncanvas" and not is_world(name):
-        raise ValueError(f"unknown grid {name!r}; use {', '.join(WORLDS)}, unlearncanvas, or the "
-                         "path of a world file (.yaml)")
-    return name if name == "unlearncanvas" else _known_world(name)
-
-
-GridName = Annotated[str, AfterValidator(_known_grid)]
-"""A configuration's grid: a registered world, 'unlearncanvas', or a world file's path."""
 WorldName = Annotated[str, AfterValidator(_known_world)]
 """A registered world, or a world file's path (the file is read and checked)."""
+GridName = WorldName
+"""A configuration's grid: a world's (a registered world, or a world file's path)."""

@@ -12,9 +12,7 @@ from saeuron.sae import SparseAutoencoder
 from saeuron.sampling import SamplingConfig
 from saeuron.scoring import ConceptMeans, ScoreConfig, concept_means
 from saeuron.selection import select, sweep_domains
-from saeuron.unlearning import classifier_grid, classifier_judge
-from saeuron.vit_judge import ViTJudgeConfig
-from saeuron.worlds import DEFAULT
+from saeuron.worlds import DEFAULT, world
 from storage.activations import ActivationStore
 from storage.features import DomainFeatures, sae_fingerprint, write_features
 
@@ -22,12 +20,11 @@ from storage.features import DomainFeatures, sae_fingerprint, write_features
 @task(name="score-features", task_run_name="score-{hook}")
 def score_features(store_url: str, sae_dir: str, out_url: str, config: ScoreConfig, hook: str,
                    domains: list[str], dask_address: str | None = None,
-                   model: str | None = None, classifier: ViTJudgeConfig | None = None,
-                   sampling: SamplingConfig = SamplingConfig(), grid: str = DEFAULT) -> dict:
+                   model: str | None = None, sampling: SamplingConfig = SamplingConfig(),
+                   grid: str = DEFAULT) -> dict:
     """Encode the held-out store with the SAE of `hook` (Dask), score and select the concepts of
-    `domains` (sweeping those configured: sampling `model` as `sampling` says, judged by
-    `classifier` or world `grid`'s judge, saeuron.unlearning.classifier_judge), write the
-    feature store; returns the summary."""
+    `domains` (sweeping those configured: sampling `model` as `sampling` says, on world `grid`'s
+    grid, judged by its judge), write the feature store; returns the summary."""
     logger = get_run_logger()
     folder = Path(sae_dir) / hook
     sae = SparseAutoencoder.load(folder)
@@ -39,7 +36,7 @@ def score_features(store_url: str, sae_dir: str, out_url: str, config: ScoreConf
     selected = {name: select(m, config) for name, m in means.items()}
     swept = [d for d in config.sweep.domains() if d in domains]
     sweep_rows = (run_sweep(means, selected, swept, mean_all, sae, hook, config, model,
-                            classifier, sampling, grid) if swept else [])
+                            sampling, grid) if swept else [])
     write_features(out_url, hook=hook, sae_fp=sae_fingerprint(folder), mean_all=mean_all,
                    domains=selected, attrs={"config": config.model_dump(mode="json"),
                                             "sweep": sweep_rows})
@@ -53,15 +50,14 @@ def score_features(store_url: str, sae_dir: str, out_url: str, config: ScoreConf
 
 def run_sweep(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures],
               swept: list[str], mean_all: np.ndarray, sae: SparseAutoencoder, hook: str,
-              config: ScoreConfig, model: str | None, classifier: ViTJudgeConfig | None,
-              sampling: SamplingConfig, grid: str) -> list[dict]:
-    """The sweep of the swept domains (saeuron.selection.sweep_domains) on the grid
-    `classifier` (or world `grid`'s judge) judges, with one copy of the model per sweep worker."""
+              config: ScoreConfig, model: str | None, sampling: SamplingConfig,
+              grid: str) -> list[dict]:
+    """The sweep of the swept domains (saeuron.selection.sweep_domains) on world `grid`'s grid,
+    judged by its judge, with one copy of the model per sweep worker."""
     if model is None:
         raise ValueError("the sweep samples the model: give the model path")
     return sweep_domains(means, domains, swept, mean_all, sae, hook, config, sampling,
                          [load_pipeline(model, device=sampling.device)
                           for _ in range(config.sweep.workers)],
-                         classifier_judge(classifier, sampling.device, grid),
-                         classifier_grid(classifier, grid),
+                         world(grid).judge(sampling.device), world(grid).grid(),
                          log=get_run_logger().info)

@@ -116,7 +116,14 @@ def test_delta_is_output_minus_input(tiny_sd_dir):
 
 
 def test_sd_checkpoint_harvest(tiny_sd_dir, tmp_path):
-    cfg = HarvestConfig(model=str(tiny_sd_dir), grid="unlearncanvas", objects=["Cats", "Dogs"],
+    import yaml
+
+    world = tmp_path / "unlearncanvas.yaml"
+    world.write_text(yaml.safe_dump({
+        "model": str(tiny_sd_dir), "benchmark": "unlearncanvas",
+        "hooks": {"style": "up_blocks.1.attentions.1", "object": "up_blocks.1.attentions.0"},
+        "judge": {"kind": "clip", "path": str(tmp_path)}}))  # the harvest does not judge
+    cfg = HarvestConfig(model=str(world), grid=str(world), objects=["Cats", "Dogs"],
                         styles=["Monet", "none"], n_seeds=1, num_steps=3, samples_per_chunk=2,
                         hooks=["up_blocks.1.attentions.1", "up_blocks.1.attentions.0"],
                         timesteps=None)

@@ -38,6 +38,18 @@ def test_digest_follows_the_configuration_and_the_files_it_names(tmp_path):
         digest_and_root(args)
 
 
+def test_digest_follows_the_files_a_world_file_names(tmp_path):
+    (tmp_path / "judge").mkdir()
+    (tmp_path / "judge" / "weights.bin").write_bytes(b"\x00" * 64)
+    (tmp_path / "world.yaml").write_text("model: elsewhere\njudge: {kind: clip, path: judge}\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"world: {tmp_path / 'world.yaml'}\nrun: {{root: {tmp_path / 'run'}}}\n")
+    args = parser().parse_args(["--config", str(config)])
+    digest = digest_and_root(args)[0]
+    (tmp_path / "judge" / "weights.bin").write_bytes(b"\x01" + b"\x00" * 63)
+    assert digest_and_root(args)[0] != digest, "the judge a world file names (relative to it)"
+
+
 def test_replay_needs_the_same_digest_and_every_stage_still_complete(tmp_path):
     layout = finished_run(tmp_path, {s: f"fp-{s}" for s in STAGES})
     layout.record_pipeline("d1", {"text": "summary"})

@@ -219,8 +219,40 @@ def test_the_sweep_judges_a_stable_diffusion_grid_with_its_judge(classifiers, ti
         validation_cells(grid, "object", ["Birds"], cfg)
 
 
+def unlearncanvas_world(classifiers, tiny_sd_dir, folder, **options) -> str:
+    """A world file of a 2 x 2 part of UnlearnCanvas on the tiny SD, judged by the random ViTs."""
+    import yaml
+
+    root, _, _ = classifiers
+    path = folder / "unlearncanvas.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": str(tiny_sd_dir), "benchmark": "unlearncanvas",
+        "objects": ["Cats", "Dogs"], "styles": ["Monet", "Cubism"],
+        "hooks": {"style": "up_blocks.1.attentions.0", "object": "up_blocks.1.attentions.0"},
+        "judge": {"kind": "unlearncanvas", "style": str(root / "style.safetensors"),
+                  "object": str(root / "object.pth"), "heads": HEADS}, **options}))
+    return str(path)
+
+
+def test_a_part_of_unlearncanvas_is_a_world_judged_by_its_classifiers(classifiers, tiny_sd_dir,
+                                                                     tmp_path):
+    from saeuron.worlds import world
+
+    w = world(unlearncanvas_world(classifiers, tiny_sd_dir, tmp_path))
+    grid = w.grid()
+    assert (grid.objects, grid.styles) == (("Cats", "Dogs"), ("Monet", "Cubism"))
+    assert grid.prompt("Cats", "Monet") == "An Cats image in Monet style.", "the benchmark's"
+    judge = w.judge("cpu")
+    assert len(judge.style_labels) == 51, "the style head names the 50 unlearning styles + none"
+    with pytest.raises(ValueError, match=r"unknown style\(s\) \['Baroque'\]"):
+        world(unlearncanvas_world(classifiers, tiny_sd_dir, tmp_path, styles=["Baroque"])).grid()
+    with pytest.raises(ValueError, match="drop prompts"):
+        world(unlearncanvas_world(classifiers, tiny_sd_dir, tmp_path,
+                                  prompts=[{"prompt": "a cat.", "object": "Cats"}]))
+
+
 def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_sd_dir, tmp_path,
-                                                              prefect_api, monkeypatch):
+                                                              prefect_api):
     from flows.evaluate import evaluate
     from flows.score import score
     from saeuron.run import RunConfig
@@ -232,9 +264,7 @@ def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_
     from stores import HOOK, as_harvested, synthetic_store
     from storage.features import read_features
 
-    root, _, _ = classifiers
-    classifier = ViTJudgeConfig(style=str(root / "style.safetensors"),
-                                object=str(root / "object.pth"), heads=HEADS)
+    world = unlearncanvas_world(classifiers, tiny_sd_dir, tmp_path)
     store = str(tmp_path / "acts.zarr")
     synthetic_store(store, n=24, f=32, objects=("Cats", "Dogs"), styles=("none", "Monet", "Cubism"))
     layout = as_harvested(tmp_path, store, model=str(tiny_sd_dir))
@@ -248,15 +278,12 @@ def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_
     scored = score(ScoreConfig(hooks=DomainHooks(style=HOOK, object=HOOK), top_n=2,
                                exclusive=False, gate="mean",
                                sweep=DomainSweeps(object=sweep, workers=1)),
-                   run, classifier=classifier, sampling=fast)
+                   run, grid=world, sampling=fast)
     attrs, _, _ = read_features(scored["outputs"]["object"])
     assert {r["concept"] for r in attrs["sweep"]} == {"Cats", "Dogs"}, \
         "the score stage sweeps Stable Diffusion's objects, judged by the ViT classifiers"
     assert all(r["images"] == 4 for r in attrs["sweep"])
-    _, small = small_world(classifiers)
-    monkeypatch.setattr(EvaluateConfig, "concept_grid", lambda self: small)  # 51 x 20: 45 s here
-    config = EvaluateConfig(model=str(tiny_sd_dir), grid="unlearncanvas", classifier=classifier,
-                            style_sets=[])
+    config = EvaluateConfig(model=world, grid=world, style_sets=[])
     manifest = evaluate(config, run, sampling=fast)
     rows = {name: json.loads((tmp_path / "eval" / name / "metrics.json").read_text())["row"]
             for name in ("baseline", "Monet", "Cubism", "Cats", "Dogs")}
@@ -265,26 +292,24 @@ def test_evaluate_flow_on_stable_diffusion_with_the_vit_judge(classifiers, tiny_
     assert "| Monet |" in (tmp_path / "eval" / "report.md").read_text()
 
 
-def test_the_sd_config_names_the_classifiers_and_the_grids_must_agree():
+def test_the_sd_config_is_the_papers_protocol_on_the_unlearncanvas_world():
     from pathlib import Path
 
     from saeuron.run import PipelineConfig
     from saeuron.unlearning import EvaluateConfig
 
-    config = PipelineConfig.from_yaml(Path(__file__).parents[1] / "configs" / "sd-unlearncanvas.yaml")
-    assert config.evaluate.grid == "unlearncanvas" and config.evaluate.classifier is not None
+    project = Path(__file__).parents[1]
+    config = PipelineConfig.from_yaml(project / "configs" / "sd-unlearncanvas.yaml")
+    world = "configs/worlds/unlearncanvas.yaml"
+    assert config.world == config.harvest.grid == config.evaluate.grid == world
     data = config.model_dump()
-    data["evaluate"] |= {"grid": "minicanvas", "classifier": None}
+    data["evaluate"] |= {"grid": "minicanvas"}
     with pytest.raises(ValueError, match="evaluate.grid 'minicanvas' differs from harvest.grid"):
         PipelineConfig.model_validate(data)
-    with pytest.raises(ValueError, match="set evaluate.classifier"):
-        EvaluateConfig(grid="unlearncanvas")
     with pytest.raises(FileNotFoundError, match="/models/unlearncanvas-classifiers/object.pth"):
         config.evaluate.concept_grid()
     assert config.score.sweep.style is None and config.score.sweep.object.top_n == [1]
-    assert config.stage_options("score") == {"classifier": config.evaluate.classifier,
-                                             "sampling": config.sampling,
-                                             "grid": "unlearncanvas"}, \
+    assert config.stage_options("score") == {"sampling": config.sampling, "grid": world}, \
         "the sweep samples and judges as evaluate"
     assert (config.sampling.device, config.sampling.num_steps, config.sampling.guidance) == (
         "cuda", 100, 9.0), "the paper's evaluation: DDIM 100 steps, guidance 9"
