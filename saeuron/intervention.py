@@ -240,7 +240,7 @@ class Unlearn:
         """Per UNet call (with `record`)."""
         self._t: int | None = None
         self._batch: int | None = None
-        self._detected: dict[int, torch.Tensor] = {}
+        self._seen: dict[int, torch.Tensor] = {}
         """Per group of pictures (Edits; 0 for a single edit), its rows detected so far."""
         self._handles: list = []
         self.edited_fraction: list[float] = []
@@ -258,7 +258,7 @@ class Unlearn:
 
     def _on_unet(self, _m: nn.Module, args: tuple, kwargs: dict) -> None:
         if (batch := sampling_batch()) != self._batch:
-            self._detected, self._batch = {}, batch
+            self._seen, self._batch = {}, batch
         self._t = unet_timestep(args, kwargs)
 
     @torch.no_grad()
@@ -312,22 +312,23 @@ class Unlearn:
             factor = torch.from_numpy(edit.factor[row]).to(acts.device)
             return selected[idx] & (acts > threshold[idx]), factor[idx]
         picture = torch.arange(len(means), device=idx.device).repeat_interleave(positions)[:, None]
-        factor = self._detected_factor(edit.detector, group, means, row)[picture, idx]
-        return torch.isfinite(factor) & (acts > threshold[idx]), factor
+        edited, factor = self._detected(edit.detector, group, means, row)
+        return edited[picture, idx] & (acts > threshold[idx]), factor[picture, idx]
 
-    def _detected_factor(self, det: Detector, group: int, means: torch.Tensor,
-                         row: int) -> torch.Tensor:
-        """(picture, latent) factor of the concepts detected in each picture of `group` so far,
-        or edited everywhere at this step (inf where none of them selects the latent)."""
+    def _detected(self, det: Detector, group: int, means: torch.Tensor,
+                  row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(edited, factor), each (picture, latent): whether a concept detected in the picture
+        of `group` so far (or edited everywhere) selects the latent at this step, and the
+        strongest factor of those that do (read only where edited)."""
         now = det.detects(means, row)
-        detected = self._detected.get(group)
+        detected = self._seen.get(group)
         if detected is None or detected.shape != now.shape:  # outside `sample`: other pictures
-            detected = self._detected[group] = torch.zeros_like(now)
+            detected = self._seen[group] = torch.zeros_like(now)
         detected |= now & ~torch.from_numpy(det.everywhere).to(means.device)  # never latched
         factor = torch.from_numpy(det.factor[:, row]).float().to(means.device)
         selected = torch.from_numpy(det.selected[:, row]).to(means.device)
         edited = (detected | now)[:, :, None] & selected[None]
-        return torch.where(edited, factor[None], torch.inf).amin(1)
+        return edited.any(1), torch.where(edited, factor[None], torch.inf).amin(1)
 
 
 def touched_pictures(edit: Edit | None, recorded: list[Recorded]) -> np.ndarray:
