@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import threading
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable, ContextManager, Literal
 
 import numpy as np
@@ -52,6 +53,33 @@ SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler,
 FOLLOWED = (DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler,
             UniPCMultistepScheduler, LMSDiscreteScheduler, DEISMultistepScheduler)
 """Schedulers a model may ship that sample as they are: one call per timestep, no noise."""
+
+
+@dataclass(frozen=True)
+class SafetyGuidance:
+    """Safe Latent Diffusion's safety guidance (Schramowski et al. 2023; diffusers'
+    StableDiffusionPipelineSafe): a third UNet branch, conditioned on `concept`, steers the
+    guided prediction away from it, per element where the prompt's prediction exceeds the
+    concept's by less than `threshold`, by `scale` times their distance (at most 1), with
+    momentum, from step `warmup` on. The defaults are the reference's "medium" setting with its
+    warm-up scaled from 50 steps to 20."""
+
+    concept: str
+    scale: float = 1000.0
+    warmup: int = 4
+    threshold: float = 0.01
+    momentum_scale: float = 0.3
+    momentum_beta: float = 0.4
+
+    def term(self, eps_u: torch.Tensor, eps_c: torch.Tensor, eps_s: torch.Tensor,
+             momentum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the term subtracted from the guidance direction, the next momentum), from the
+        unconditional, conditional and concept predictions."""
+        gap = eps_c - eps_s
+        weight = torch.where(gap >= self.threshold, torch.zeros_like(gap),
+                             (gap.abs() * self.scale).clamp(max=1.0))
+        away = (eps_s - eps_u) * weight + self.momentum_scale * momentum
+        return away, self.momentum_beta * momentum + (1 - self.momentum_beta) * away
 
 
 class SamplingConfig(Config):
@@ -149,13 +177,16 @@ def schedule_timesteps(pipe: Pipeline, num_steps: int, scheduler: Scheduler = "m
 @torch.no_grad()
 def sample(pipe: Pipeline, prompts: list[str], seeds: list[int], *, num_steps: int = 20,
            guidance: float = 4.0, batch_size: int = 128,
-           precision: Precision = "auto", scheduler: Scheduler = "model",
+           precision: Precision = "auto", scheduler: Scheduler = "model", negative: str = "",
+           safety: SafetyGuidance | None = None,
            progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Images for aligned prompts and seeds, uint8 (N, H, W, 3).
 
     The `scheduler` (make_scheduler) with classifier-free guidance: each batch runs as
-    [unconditional, conditional], the UNet in `precision`. `progress(done, total)` is called
-    after each batch.
+    [unconditional, conditional], the UNet in `precision`; the unconditional branch is the
+    `negative` prompt's ("": the empty prompt, plain guidance); with `safety` a third branch,
+    its concept's, steers away from it (SafetyGuidance). `progress(done, total)` is called after
+    each batch.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -163,22 +194,31 @@ def sample(pipe: Pipeline, prompts: list[str], seeds: list[int], *, num_steps: i
         raise ValueError("nothing to sample: the prompt list is empty")
     autocast = unet_precision(pipe.device, precision)
     cond_all = pipe.encode_prompts(list(prompts))
-    uncond = pipe.encode_prompts([""])
+    uncond = pipe.encode_prompts([negative])
+    concept = pipe.encode_prompts([safety.concept]) if safety else None
     out = []
     try:
         for start in range(0, len(prompts), batch_size):
             _CURRENT.batch = next(_BATCHES)
             cond = cond_all[start:start + batch_size]
             latents = initial_latents(pipe, seeds[start:start + batch_size])
-            context = torch.cat([uncond.expand(len(cond), -1, -1), cond])
+            branches = [uncond.expand(len(cond), -1, -1), cond]
+            if safety:
+                branches.append(concept.expand(len(cond), -1, -1))
+                momentum = torch.zeros_like(latents)
+            context = torch.cat(branches)
             steps = make_scheduler(pipe, num_steps, scheduler)
             latents = latents * steps.init_noise_sigma
-            for t in steps.timesteps:
-                model_in = steps.scale_model_input(torch.cat([latents, latents]), t)
+            for i, t in enumerate(steps.timesteps):
+                model_in = steps.scale_model_input(torch.cat([latents] * len(branches)), t)
                 with autocast:
                     eps = pipe.unet(model_in, t, encoder_hidden_states=context).sample
-                eps_u, eps_c = eps.to(latents.dtype).chunk(2)
-                latents = steps.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+                eps_u, eps_c, *eps_s = eps.to(latents.dtype).chunk(len(branches))
+                direction = eps_c - eps_u
+                if safety:
+                    away, momentum = safety.term(eps_u, eps_c, eps_s[0], momentum)
+                    direction = direction - away if i >= safety.warmup else direction
+                latents = steps.step(eps_u + guidance * direction, t, latents).prev_sample
             images = pipe.latents_to_images(latents)
             out.append((images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
             if progress:

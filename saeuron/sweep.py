@@ -163,14 +163,18 @@ def judge_candidates(pipe: Pipeline, judge: GridJudge, sae: SparseAutoencoder, h
     """The metrics (saeuron.metrics), the objective and the number of pictures of each edit on
     validation cells, their pictures sampled together (given the cells' `unedited` run, only
     the pictures each edit touches)."""
-    out = []
-    for images in sample_edited_each(pipe, hook, sae, edits, val.prompts, val.seeds,
-                                     unedited=unedited, **sampling.options()):
-        style, obj = predict_in(judge, images, val.grid)
-        judged = Judged(val.styles, val.objects, style, obj, val.grid.styles + (NO_STYLE,),
-                        val.grid.objects)
-        out.append(_metrics(counts(judged, domain, concepts), cfg))
-    return out
+    return [judged_metrics(judge, images, val, domain, concepts, cfg)
+            for images in sample_edited_each(pipe, hook, sae, edits, val.prompts, val.seeds,
+                                             unedited=unedited, **sampling.options())]
+
+
+def judged_metrics(judge: GridJudge, images: np.ndarray, val: ValidationCells, domain: str,
+                   concepts: list[str], cfg: ValidationConfig) -> dict:
+    """The metrics and objective of the validation cells' pictures `images` (in their order)."""
+    style, obj = predict_in(judge, images, val.grid)
+    judged = Judged(val.styles, val.objects, style, obj, val.grid.styles + (NO_STYLE,),
+                    val.grid.objects)
+    return _metrics(counts(judged, domain, concepts), cfg)
 
 
 def _metrics(counted: dict[str, list[int]], cfg: ValidationConfig) -> dict:
@@ -295,21 +299,29 @@ def sweep_concept(pipe: Pipeline, judge: GridJudge, grid: ConceptGrid, sae: Spar
     return best["top_n"], best["multiplier"], best["gate"], rows
 
 
+def choose(values: list[float], judged: Callable[[list[float], ValidationCells], list[dict]],
+           grid: ConceptGrid, domain: str, concepts: list[str],
+           cfg: ValidationConfig) -> tuple[float, list[dict]]:
+    """(best value, one row per value) of a one-parameter choice on validation cells:
+    `judged(values, cells)` gives each value's metrics (judged_metrics); the best `finalists`
+    are judged again on further seeds before the choice. Ties: the earlier value."""
+    rows = [{"value": v, **m}
+            for v, m in zip(values, judged(values, validation_cells(grid, domain, concepts, cfg)))]
+    best = _finals(rows, lambda finals, cells: judged([r["value"] for r in finals], cells),
+                   lambda r: (r["objective"], -values.index(r["value"])), grid, domain, concepts,
+                   cfg)
+    return best["value"], rows
+
+
 def sweep_set(pipe: Pipeline, judge: GridJudge, grid: ConceptGrid, sae: SparseAutoencoder,
               hook: str, domain: str, concepts: list[str], edits: Callable[[float], Edit],
               scales: list[float], cfg: ValidationConfig,
               sampling: SamplingConfig) -> tuple[float, list[dict]]:
     """(best scale, one row per scale) for a set removed at once; `edits(scale)` is the set's
     edit with every multiplier scaled. Ties: the larger scale (the concepts' own choice)."""
-    val = validation_cells(grid, domain, concepts, cfg)
-
-    def judged(rows: list[dict], cells: ValidationCells) -> list[dict]:
-        return judge_candidates(pipe, judge, sae, hook, domain, concepts,
-                                [edits(r["scale"]) for r in rows], cells, cfg, sampling)
-
-    rows = [{"domain": domain, "concepts": "+".join(concepts), "scale": scale} for scale in scales]
-    for row, metrics in zip(rows, judged(rows, val)):
-        row.update(metrics)
-    best = _finals(rows, judged, lambda r: (r["objective"], r["scale"]), grid, domain, concepts,
-                   cfg)
-    return best["scale"], rows
+    scales = sorted(scales, reverse=True)
+    best, rows = choose(scales, lambda values, cells: judge_candidates(
+        pipe, judge, sae, hook, domain, concepts, [edits(v) for v in values], cells, cfg,
+        sampling), grid, domain, concepts, cfg)
+    return best, [{"domain": domain, "concepts": "+".join(concepts), "scale": r.pop("value"), **r}
+                  for r in rows]
