@@ -20,7 +20,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "saeuron")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
-COMMANDS = ("flows.launch", "flows.harvest", "flows.train", "flows.score", "flows.evaluate")
+COMMANDS = ("flows.launch", "flows.harvest", "flows.train", "flows.score", "flows.evaluate",
+            "flows.benchmark")
 """The modules whose `python -m` command lines are supervised."""
 
 

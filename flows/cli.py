@@ -166,3 +166,25 @@ def stage_main(flow: Callable, argv: list[str] | None = None) -> None:
             options["score_seeds"] = args.score_seeds
         result = flow(config, run, force=args.force, **options)
     print({k: result[k] for k in ("stage", "fingerprint", "outputs", "metrics")})
+
+
+def benchmark_main(flow: Callable, argv: list[str] | None = None) -> None:
+    """`python -m flows.benchmark`: the benchmark (its options from --benchmark) on the run of
+    a pipeline configuration (--config) whose evaluate stage is done."""
+    from saeuron.benchmark import BenchmarkConfig
+
+    quiet_libraries()
+    parser = run_parser("python -m flows.benchmark", flow.__doc__)
+    parser.add_argument("--benchmark", help="YAML file of the benchmark's options "
+                        "(saeuron.benchmark.BenchmarkConfig; default: every method)")
+    args = parser.parse_args(argv)
+    with reported(None, "benchmark"):
+        pipeline = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
+        run = pipeline.run.model_copy(update={k: v for k, v in {
+            "root": args.root, "stores": args.stores}.items() if v is not None})
+        config = BenchmarkConfig.from_yaml(args.benchmark) if args.benchmark else BenchmarkConfig()
+        options = pipeline.benchmark_options()
+    with reported(run.root, "benchmark"), layout_of(run).hold():
+        result = flow(config, run, force=args.force, **options)
+    print({k: result[k] for k in ("stage", "fingerprint", "outputs")})
+    print(Path(result["metrics"]["report"]).read_text().split("\n\n<img")[0][:6000])

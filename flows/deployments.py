@@ -4,7 +4,7 @@
     python -m flows.deployments write                                    # regenerate prefect.yaml
 
 The pipeline deployment runs on a cron schedule; each stage has its own deployment for reruns
-of a single stage. `prefect deploy --all` names them `<flow>/<flow>` (run by a worker of the
+of a single stage, and the benchmark its own (run by hand on a finished root). `prefect deploy --all` names them `<flow>/<flow>` (run by a worker of the
 `saeuron` pool); served ones are `<flow>/served` (run by the serving process, paused by Prefect
 when it stops), so that serving never takes over or pauses the deployed ones. Parameters come from the pipeline configuration's sections, so the UI's
 forms start from the same values as `python -m flows.launch`.
@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from saeuron.benchmark import BenchmarkConfig
 from saeuron.run import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,13 +30,16 @@ CRON = "0 3 * * *"
 """Nightly at 03:00 (server time): a scheduled rerun costs seconds while nothing changed."""
 ENTRYPOINTS = {"pipeline": "flows/pipeline.py:pipeline", "harvest": "flows/harvest.py:harvest",
                "train": "flows/train.py:train", "score": "flows/score.py:score",
-               "evaluate": "flows/evaluate.py:evaluate"}
+               "evaluate": "flows/evaluate.py:evaluate",
+               "benchmark": "flows/benchmark.py:benchmark"}
 DESCRIPTIONS = {
     "pipeline": "Harvest, train, score and evaluate, each stage cached by its inputs.",
     "harvest": "Sample the concept grid and store the hooked blocks' activations in Zarr.",
     "train": "Train a TopK SAE per hook, streamed from the activation store.",
     "score": "Score SAE features per concept with Dask into the feature stores.",
     "evaluate": "Unlearn each target concept and report UA / IRA / CRA.",
+    "benchmark": "SAeUron beside the baselines (negative prompt, SLD, UCE, ESD-x) on every "
+                 "target of a finished run: one table.",
 }
 
 
@@ -47,6 +51,9 @@ def parameters(config: PipelineConfig) -> dict[str, dict[str, Any]]:
         options = {k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v
                    for k, v in config.stage_options(stage).items()}
         out[stage] = {"config": dump[stage], "run": dump["run"], **options}
+    out["benchmark"] = {"config": BenchmarkConfig().model_dump(mode="json"), "run": dump["run"],
+                        **{k: v.model_dump(mode="json")
+                           for k, v in config.benchmark_options().items()}}
     return out
 
 
@@ -82,6 +89,7 @@ def serve(config: PipelineConfig) -> None:
     """Serve every deployment from this process (no work pool, no worker)."""
     from prefect import serve as prefect_serve
 
+    from flows.benchmark import benchmark
     from flows.evaluate import evaluate
     from flows.harvest import harvest
     from flows.pipeline import pipeline
@@ -89,7 +97,7 @@ def serve(config: PipelineConfig) -> None:
     from flows.train import train
 
     flows = {"pipeline": pipeline, "harvest": harvest, "train": train, "score": score,
-             "evaluate": evaluate}
+             "evaluate": evaluate, "benchmark": benchmark}
     prefect_serve(*[flows[name].to_deployment(
         name=SERVED, description=DESCRIPTIONS[name], parameters=params,
         cron=CRON if name == "pipeline" else None) for name, params in parameters(config).items()])

@@ -10,7 +10,8 @@ through the evaluation's metrics.
 - UCE: Unified Concept Editing's closed-form edit of every cross-attention key and value
   projection (Gandikota et al. 2024): the targets' token embeddings project where the guide's
   (the empty prompt's) do, every other concept's where they did;
-- ESD-x: the cross-attention fine-tuned against the negatively guided score (saeuron.esd).
+- ESD-x: the cross-attention fine-tuned against the negatively guided score of the concept's
+  name (saeuron.esd), as ESD prompts with the concept alone.
 """
 
 from __future__ import annotations
@@ -57,14 +58,6 @@ def words(concepts: list[str]) -> str:
     return ", ".join(c.replace("_", " ") for c in concepts)
 
 
-def concept_prompts(grid: ConceptGrid, domain: str, concepts: list[str]) -> list[str]:
-    """The prompts that name the concepts: a style's row (its objects), an object's column (its
-    styles and its unstyled cell), as the grid prompts them."""
-    if domain == "style":
-        return [grid.prompt(o, c) for c in concepts for o in grid.objects]
-    return [grid.prompt(c, s) for c in concepts for s in grid.styles + (NO_STYLE,)]
-
-
 class NegativePrompt(Config):
     kind: Literal["negative-prompt"] = "negative-prompt"
 
@@ -82,14 +75,15 @@ class NegativePrompt(Config):
 
 class SafeGuidance(Config):
     kind: Literal["sld"] = "sld"
-    scales: list[float] = Field([100.0, 1000.0, 5000.0], min_length=1, description="Safety "
-                                "guidance scales tried on validation pictures (Safe Latent "
-                                "Diffusion's weak to max settings are 1,000 to 5,000).")
-    warmup: int = Field(2, ge=0, le=1000, description="Steps before the safety term applies "
-                        "(the reference: 7 to 15 of 50 steps; here of 20).")
-    threshold: float = Field(0.0, ge=-10, le=10, description="The term acts where the prompt's "
-                             "prediction exceeds the concept's by less than this (the "
-                             "reference: 0.0 to 0.025).")
+    scales: list[float] = Field([200.0, 1000.0, 2000.0, 5000.0], min_length=1,
+                                description="Safety guidance scales tried on validation "
+                                "pictures (Safe Latent Diffusion's weak, medium, strong and max "
+                                "settings).")
+    warmup: int = Field(4, ge=0, le=1000, description="Steps before the safety term applies "
+                        "(the reference's medium setting: 10 of 50 steps).")
+    threshold: float = Field(0.01, ge=-10, le=10, description="The term acts where the "
+                             "prompt's prediction exceeds the concept's by less than this (the "
+                             "reference: 0.0 to 0.025; 0.01 medium).")
     momentum_scale: float = Field(0.3, ge=0, le=10, description="Weight of the momentum term.")
     momentum_beta: float = Field(0.4, ge=0, le=1, description="Decay of the momentum.")
 
@@ -187,7 +181,7 @@ class UCE(Config):
 class ESDX(Config):
     kind: Literal["esd-x"] = "esd-x"
     train: ESDConfig = Field(default_factory=ESDConfig, description="The fine-tuning.")
-    checkpoints: list[int] = Field([25, 50, 100], min_length=1, description="Training steps "
+    checkpoints: list[int] = Field([25, 50, 100, 150], min_length=1, description="Training steps "
                                    "tried on validation pictures (snapshots of one run of "
                                    "train.steps, which must be the last).")
 
@@ -207,7 +201,7 @@ class ESDX(Config):
 
     def unlearn(self, pipe: Pipeline, grid: ConceptGrid, domain: str, concepts: list[str],
                 value: float, workdir: Path) -> Unlearned:
-        weights = train_esd(pipe, concept_prompts(grid, domain, concepts), self.train, workdir,
+        weights = train_esd(pipe, [words([c]) for c in concepts], self.train, workdir,
                             snapshots=self.checkpoints)[int(value)]
         return Unlearned(apply_esd(pipe, weights),
                          added_bytes=sum(t.numel() * t.element_size() for t in weights.values()))

@@ -128,6 +128,18 @@ class PipelineConfig(Config):
                              f"{self.score_harvest().seeds()[0]}); evaluate on unseen seeds")
         return self
 
+    def paper_score(self) -> ScoreConfig:
+        """The score options of the paper's recipe (PAPER_SCORE) on this run's blocks."""
+        sweep = {**PAPER_SCORE["sweep"], "workers": self.score.sweep.workers}
+        return ScoreConfig.model_validate({**self.score.model_dump(), **PAPER_SCORE,
+                                           "sweep": sweep})
+
+    def benchmark_options(self) -> dict:
+        """The benchmark flow's parameters beyond its own options and `run`: how the run samples,
+        its evaluation, and the score options of SAeUron's paper variant."""
+        return {"sampling": self.sampling, "evaluate": self.evaluate,
+                "paper_score": self.paper_score()}
+
     def score_harvest(self) -> HarvestConfig:
         return self.harvest.model_copy(update={"split": "score", "n_seeds": self.score_seeds})
 

@@ -52,7 +52,7 @@ def test_deploy_all_and_run_a_stage_on_a_process_worker(tmp_path, prefect_api):
     env = {**os.environ, "SAEURON_ROOT": str(ROOT), "PREFECT_API_URL": prefect_api}
     _prefect("work-pool", "create", "saeuron", "--type", "process", "--overwrite", env=env)
     deployed = _prefect("deploy", "--all", env=env)
-    for name in ("pipeline", "harvest", "train", "score", "evaluate"):
+    for name in ("pipeline", "harvest", "train", "score", "evaluate", "benchmark"):
         assert f"'{name}/{name}'" in deployed or f"{name}/{name}" in deployed
     with get_client(sync_client=True) as client:
         pipeline = client.read_deployment_by_name("pipeline/pipeline")
