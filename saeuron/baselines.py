@@ -59,7 +59,7 @@ def words(concepts: list[str]) -> str:
 
 
 class NegativePrompt(Config):
-    kind: Literal["negative-prompt"] = "negative-prompt"
+    kind: Literal["negative-prompt"] = Field("negative-prompt", description="The method.")
 
     @property
     def name(self) -> str:
@@ -74,7 +74,7 @@ class NegativePrompt(Config):
 
 
 class SafeGuidance(Config):
-    kind: Literal["sld"] = "sld"
+    kind: Literal["sld"] = Field("sld", description="The method.")
     scales: list[float] = Field([200.0, 1000.0, 2000.0, 5000.0], min_length=1,
                                 description="Safety guidance scales tried on validation "
                                 "pictures (Safe Latent Diffusion's weak, medium, strong and max "
@@ -120,7 +120,7 @@ def concept_tokens(pipe: Pipeline, text: str) -> torch.Tensor:
 
 
 class UCE(Config):
-    kind: Literal["uce"] = "uce"
+    kind: Literal["uce"] = Field("uce", description="The method.")
     preserve_scales: list[float] = Field([0.1, 1.0, 10.0], min_length=1, description="Weights "
                                          "of the preserved concepts' projections tried on "
                                          "validation pictures.")
@@ -179,7 +179,7 @@ class UCE(Config):
 
 
 class ESDX(Config):
-    kind: Literal["esd-x"] = "esd-x"
+    kind: Literal["esd-x"] = Field("esd-x", description="The method.")
     train: ESDConfig = Field(default_factory=ESDConfig, description="The fine-tuning.")
     checkpoints: list[int] = Field([25, 50, 100, 150], min_length=1, description="Training steps "
                                    "tried on validation pictures (snapshots of one run of "

@@ -65,3 +65,34 @@ def test_a_score_section_without_sweep_keeps_the_default_sweep(tmp_path):
     path.write_text("score:\n  sweep:\n    style: null\n    object: null\n")
     sweep = PipelineConfig.from_yaml(path).score.sweep
     assert sweep.style is None and sweep.object is None, "switched off only when asked"
+
+
+def test_every_option_has_a_one_line_description():
+    """They are the Prefect UI's forms (the pipeline's and the benchmark's deployments)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from saeuron.benchmark import BenchmarkConfig
+    from saeuron.run import PipelineConfig
+
+    def models(annotation) -> list[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for a in typing.get_args(annotation) for m in models(a)]
+
+    missing, seen = [], set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            if not (field.description or "").strip():
+                missing.append(prefix + name)
+            for sub in models(field.annotation):
+                walk(sub, f"{prefix}{name}.")
+
+    walk(PipelineConfig, "")
+    walk(BenchmarkConfig, "benchmark.")
+    assert not missing, f"options without a description: {missing}"
