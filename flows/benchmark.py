@@ -1,6 +1,5 @@
-"""The benchmark flow: every unlearning method on every target of a finished run (its evaluate
-stage done), one table. Each (method, target) is kept as it finishes: a run killed at any point
-resumes where it was (ESD-x from its training checkpoint); a method added later runs alone."""
+"""The benchmark flow: every unlearning method on every target of a finished run, one table; each
+(method, target) kept as it finishes, so a killed run resumes (ESD-x from its checkpoint)."""
 
 from __future__ import annotations
 
@@ -34,8 +33,8 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig(), run: RunConfig = RunC
     """Compare the methods of `config` with SAeUron on the run's evaluation targets (`evaluate`,
     sampled as `sampling`); `paper_score`: the options of SAeUron's paper variant."""
     start, layout, out = time.time(), layout_of(run), Path(run.root) / "benchmark"
-    evaluated, scored, harvested = (layout.upstream(stage, "benchmark")
-                                    for stage in ("evaluate", "score", "harvest"))
+    evaluated, scored, harvested = map(lambda s: layout.upstream(s, "benchmark"),
+                                       ("evaluate", "score", "harvest"))
     features = {d: scored["outputs"][d] for d in DOMAINS}
     targets = evaluate.targets(scored_domains(features)[0], evaluate.concept_grid())
     shared = fingerprint(modules_hash(["saeuron.benchmark"], LIBRARY), made(evaluated),
@@ -64,10 +63,11 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig(), run: RunConfig = RunC
         for i, future in enumerate(as_completed(list(futures)), 1):
             results[futures[future][0]].add(futures[future][1], future.result())
             update_progress_artifact(progress, 100.0 * i / len(futures))
-    evaluation = UnitResults(layout.eval_dir, evaluated["fingerprint"])
+    evaluation = UnitResults(layout.eval_dir, evaluated["fingerprint"])  # SAeUron's own rows
     rows = rows_of(results, evaluation, [t for _, _, t in targets], own, seconds)
     costs = sampling_costs(methods | {"SAeUron": own}, rows, out, seeds=evaluate.seeds(),
-                           pictures=config.probe_pictures, threads=config.threads, fp=fp, **common)
+                           pictures=config.probe_pictures, threads=config.threads,
+                           processes=config.workers, fp=fp, **common)
     metrics = publish(rows, costs, evaluation.done(["baseline"])["baseline"], out)
     return layout.finish("benchmark", fp, {"benchmark": str(out)}, metrics, time.time() - start,
                          upstream={"evaluate": evaluated["fingerprint"]})

@@ -59,8 +59,9 @@ class BenchmarkConfig(Config):
     validation: DomainValidation = Field(default_factory=DomainValidation,
                                          description="Validation pictures and objective per "
                                          "domain.")
-    probe_pictures: int = Field(24, ge=1, le=4096, description="Pictures of the sampling-cost "
-                                "probe (time and peak memory, each method in a fresh process).")
+    probe_pictures: int = Field(32, ge=1, le=4096, description="Pictures of the sampling-cost "
+                                "probe (time: the median of 3; peak memory: each method in a "
+                                "fresh process).")
     workers: int = Field(2, ge=1, le=64, description="(method, target) pairs run at once "
                          "(threads, each with its own copy of the model).")
     threads: int = Field(1, ge=1, le=256, description="torch threads, shared by the workers "
@@ -149,15 +150,19 @@ def benchmark_target(method, pipe: Pipeline, judge: GridJudge, grid: ConceptGrid
 
 def probe_cost(method, model: str, grid: ConceptGrid, domain: str, concepts: list[str],
                value: float, workdir: str, prompts: list[str], seeds: list[int],
-               sampling: SamplingConfig, threads: int) -> dict:
-    """Seconds and peak resident memory (MB) of sampling `prompts` with the method (None:
-    plain sampling), measured in this process, which should be a fresh one (the peak is the
-    process's)."""
+               sampling: SamplingConfig, threads: int, repeats: int = 3) -> dict:
+    """Seconds (the median of `repeats`, after one warm-up picture) and peak resident memory
+    (MB) of sampling `prompts` with the method (None: plain sampling), measured in this
+    process, which should be a fresh one (the peak is the process's)."""
     torch.set_num_threads(threads)
     pipe = load_pipeline(model, device=sampling.device)
     unlearned = (Unlearned(pipe) if method is None else
                  method.unlearn(pipe, grid, domain, concepts, value, Path(workdir)))
-    start = time.perf_counter()
-    unlearned.sample(prompts, seeds, **sampling.options())
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    unlearned.sample(prompts[:1], seeds[:1], **sampling.options())
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        unlearned.sample(prompts, seeds, **sampling.options())
+        seconds.append(time.perf_counter() - start)
+    return {"seconds": float(np.median(seconds)),
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -35,44 +35,55 @@ def table_row(name: str, rows: list[dict], cost: dict) -> dict:
     out["FD_rest"] = round(float(np.nanmean([r["FD_rest"] for r in rows])), 2)
     out["unlearn s"] = round(float(np.mean([r.get("unlearn_seconds", np.nan) for r in singles])), 1)
     out["sampling x"] = round(cost["seconds"] / cost["plain_seconds"], 2)
-    out["peak MB"] = round(cost["peak_mb"])
+    out["peak MB"] = f"{cost['peak_mb']:.0f} ({cost['peak_mb'] - cost['plain_peak_mb']:+.0f})"
     out["storage MB"] = round(max(r.get("added_bytes", 0) for r in rows) / 2**20, 2)
     return out
 
 
-def plane(lines: list[dict], path: Path, size: int = 480) -> Path:
-    """The methods on a UA (x) vs retention (y: the mean of IRA and CRA) plane, styles as
-    circles and objects as squares, as a PNG."""
-    pad, img = 56, Image.new("RGB", (size, size), "white")
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+           "#17becf", "#7f7f7f")
+
+
+def _mean(line: dict, column: str) -> float | None:
+    """A table cell's mean ('0.960 (0.94-0.98)' -> 0.96), None where there is none."""
+    try:
+        return float(str(line.get(column, "-")).split()[0])
+    except ValueError:
+        return None
+
+
+def plane(lines: list[dict], path: Path, side: int = 360) -> Path:
+    """The methods on two UA (x) planes, as a PNG: against the retention of the rest (the mean
+    of IRA and CRA) and against their own content kept; styles as circles, objects as squares,
+    a colour per method."""
+    pad, legend = 52, 18 * ((len(lines) + 1) // 2) + 30
+    img = Image.new("RGB", (2 * side, side + legend), "white")
     draw = ImageDraw.Draw(img)
-    span = size - 2 * pad
-
-    def xy(ua: float, kept: float) -> tuple[float, float]:
-        return pad + ua * span, size - pad - kept * span
-
-    draw.rectangle([pad, pad, size - pad, size - pad], outline="black")
-    for tick in (0.0, 0.5, 1.0):
-        x, y = xy(tick, tick)
-        draw.text((x - 8, size - pad + 6), f"{tick:.1f}", fill="black")
-        draw.text((pad - 26, y - 6), f"{tick:.1f}", fill="black")
-    draw.text((size // 2 - 20, size - 24), "UA", fill="black")
-    draw.text((6, pad - 28), "retention: (IRA + CRA) / 2", fill="black")
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
-               "#17becf", "#7f7f7f"]
+    span = side - 2 * pad
+    panels = (("retention: (IRA + CRA) / 2", lambda ln, d: (_mean(ln, f"{d} IRA") or 0) / 2
+               + (_mean(ln, f"{d} CRA") or 0) / 2 if _mean(ln, f"{d} CRA") is not None else None),
+              ("own content kept", lambda ln, d: _mean(ln, f"{d} kept")))
+    for p, (title, y_of) in enumerate(panels):
+        left = p * side + pad
+        draw.rectangle([left, pad, left + span, pad + span], outline="black")
+        for tick in (0.0, 0.5, 1.0):
+            draw.text((left + tick * span - 8, pad + span + 6), f"{tick:.1f}", fill="black")
+            draw.text((left - 26, pad + span - tick * span - 6), f"{tick:.1f}", fill="black")
+        draw.text((left + span // 2 - 8, pad + span + 22), "UA", fill="black")
+        draw.text((left, pad - 22), title, fill="black")
+        for i, line in enumerate(lines):
+            for domain, square in (("style", False), ("object", True)):
+                ua, y = _mean(line, f"{domain} UA"), y_of(line, domain)
+                if ua is None or y is None:
+                    continue
+                x, y = left + ua * span, pad + span - y * span
+                (draw.rectangle if square else draw.ellipse)([x - 5, y - 5, x + 5, y + 5],
+                                                             fill=COLOURS[i % len(COLOURS)])
     for i, line in enumerate(lines):
-        colour = colours[i % len(colours)]
-        for domain, square in (("style", False), ("object", True)):
-            try:
-                ua = float(str(line[f"{domain} UA"]).split()[0])
-                kept = (float(str(line[f"{domain} IRA"]).split()[0])
-                        + float(str(line[f"{domain} CRA"]).split()[0])) / 2
-            except ValueError:
-                continue
-            x, y = xy(ua, kept)
-            box = [x - 5, y - 5, x + 5, y + 5]
-            (draw.rectangle if square else draw.ellipse)(box, fill=colour)
-        draw.text((pad + 8, pad + 8 + 14 * i), f"{line['method']}", fill=colour)
-    draw.text((size - pad - 120, pad + 8), "o styles  [] objects", fill="black")
+        x, y = pad + (i % 2) * side, side + 8 + 18 * (i // 2)
+        draw.rectangle([x, y + 2, x + 10, y + 12], fill=COLOURS[i % len(COLOURS)])
+        draw.text((x + 16, y), line["method"], fill="black")
+    draw.text((pad, side + legend - 20), "circles: styles, squares: objects", fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path

@@ -45,18 +45,21 @@ def method_target(method, label: str, model: str, grid: str, sampling: SamplingC
     return row
 
 
-@task(name="benchmark-cost", task_run_name="cost-{label}")
-def sampling_cost(method, label: str, model: str, grid: str, domain: str,
-                  concepts: list[str], value: float, workdir: str, prompts: list[str],
-                  seeds: list[int], sampling: SamplingConfig, threads: int) -> dict:
-    """Seconds and peak memory of sampling `prompts` with the method (None: plain sampling),
-    in a fresh process (saeuron.benchmark.probe_cost)."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        cost = pool.apply(probe_cost, (method, model, world(grid).grid(), domain, concepts, value,
-                                       workdir, prompts, seeds, sampling, threads))
-    get_run_logger().info(f"{label}: sampling {cost['seconds']:.1f} s, peak "
-                          f"{cost['peak_mb']:.0f} MB")
-    return cost
+@task(name="benchmark-costs")
+def probe_costs(jobs: dict[str, tuple], processes: int) -> dict[str, dict]:
+    """Each job's saeuron.benchmark.probe_cost (its arguments), each in a fresh process (its
+    peak memory is the process's), `processes` at a time."""
+    pool = multiprocessing.get_context("spawn").Pool(processes, maxtasksperchild=1)
+    try:
+        pending = {name: pool.apply_async(probe_cost, args) for name, args in jobs.items()}
+        costs = {name: job.get() for name, job in pending.items()}
+    finally:
+        pool.close()
+        pool.join()
+    for name, cost in costs.items():
+        get_run_logger().info(f"{name}: sampling {cost['seconds']:.1f} s, peak "
+                              f"{cost['peak_mb']:.0f} MB")
+    return costs
 
 
 def publish(rows: dict[str, list[dict]], costs: dict[str, dict], baseline: dict,
@@ -65,8 +68,9 @@ def publish(rows: dict[str, list[dict]], costs: dict[str, dict], baseline: dict,
     `costs['plain']`), the plane, the report file and their artifacts; the stage's metrics."""
     plain = costs["plain"]
     lines = [{"method": "no unlearning", "style IRA": f"{baseline['style_acc']:.3f}",
-              "object IRA": f"{baseline['object_acc']:.3f}", "FD_rest": baseline.get("FD_rest"),
-              "sampling x": 1.0, "peak MB": round(plain["peak_mb"])}]
+              "object IRA": f"{baseline['object_acc']:.3f}",
+              "FD_rest": round(baseline["FD_rest"], 2), "sampling x": 1.0,
+              "peak MB": f"{plain['peak_mb']:.0f}"}]
     lines += [table_row(name, mine, costs[name] | {"plain_seconds": plain["seconds"],
                                                    "plain_peak_mb": plain["peak_mb"]})
               for name, mine in rows.items()]
@@ -118,25 +122,6 @@ def paper_features(score: ScoreConfig, layout: RunLayout, harvested: dict, grid:
     return features, time.time() - start
 
 
-def cost_of(method, label: str, rows: list[dict], model: str, grid: str,
-            sampling: SamplingConfig, seeds: list[int], pictures: int, threads: int,
-            folder: Path, fp: str) -> dict:
-    """The method's sampling cost (sampling_cost; None: plain sampling) on the first `pictures`
-    of the evaluation grid, edited for its first style target at the value chosen there; kept
-    for `fp`."""
-    results = UnitResults(folder, fp)
-    if done := results.done(["cost"]):
-        return done["cost"]
-    row = next(r for r in rows if r["domain"] == "style" and "+" not in r["target"])
-    _, table = grid_table(world(grid).judge(sampling.device), tuple(seeds[:1]), world(grid).grid())
-    table = table.iloc[:pictures]
-    cost = sampling_cost(method, label, model, grid, "style", [row["target"]],
-                         row.get("value", 0.0), str(folder / row["target"] / "work"),
-                         list(table.prompt), list(table.seed), sampling, threads)
-    results.add("cost", cost)
-    return cost
-
-
 def rows_of(results: dict[str, UnitResults], evaluation: UnitResults, names: list[str],
             own: SAeUron, seconds: dict[str, float]) -> dict[str, list[dict]]:
     """Each method's rows for the targets `names`, SAeUron's from the run's own evaluation; a
@@ -149,8 +134,24 @@ def rows_of(results: dict[str, UnitResults], evaluation: UnitResults, names: lis
                    for r in mine] for name, mine in rows.items()}
 
 
-def sampling_costs(methods: dict, rows: dict[str, list[dict]], folder: Path, **probe) -> dict:
-    """Each method's sampling cost (cost_of), and plain sampling's ('plain')."""
-    costs = {"plain": cost_of(None, "plain", rows["SAeUron"], folder=folder / "plain", **probe)}
-    return costs | {name: cost_of(methods[name], slug(name), rows[name],
-                                  folder=folder / slug(name), **probe) for name in rows}
+def sampling_costs(methods: dict, rows: dict[str, list[dict]], folder: Path, model: str,
+                   grid: str, sampling: SamplingConfig, seeds: list[int], pictures: int,
+                   threads: int, processes: int, fp: str) -> dict:
+    """Each method's sampling cost, and plain sampling's ('plain'): seconds and peak memory of
+    sampling the first `pictures` of the evaluation grid, edited for the method's first style
+    target at the value chosen there (probe_costs); kept for `fp`."""
+    kept = {name: UnitResults(folder / slug(name), fp) for name in ["plain", *rows]}
+    costs = {name: done["cost"] for name, r in kept.items() if (done := r.done(["cost"]))}
+    w = world(grid)
+    table = grid_table(w.judge(sampling.device), tuple(seeds[:1]), w.grid())[1].iloc[:pictures]
+    jobs = {}
+    for name in kept.keys() - costs.keys():
+        row = next(r for r in rows.get(name, rows["SAeUron"])
+                   if r["domain"] == "style" and "+" not in r["target"])
+        jobs[name] = (methods.get(name), model, w.grid(), "style", [row["target"]],
+                      row.get("value", 0.0), str(folder / slug(name) / row["target"] / "work"),
+                      list(table.prompt), list(table.seed), sampling, threads)
+    for name, cost in (probe_costs(jobs, processes) if jobs else {}).items():
+        kept[name].add("cost", cost)
+        costs[name] = cost
+    return costs
