@@ -10,11 +10,13 @@ SAE (TopK, trained here in seconds) on the prompt encoder's output tokens; a sty
 are scored as the UNet blocks' are (share of activation against the most active other style,
 exclusive), and at sampling the prompt's tokens are encoded, the style's top-n features set to
 the unstyled prompts' mean activation (or zero), and decoded with the SAE's error added back,
-so that an edit of nothing is the prompt itself. Judged on validation seeds (500,100-500,101,
-never evaluation seeds): UA, kept, IRA of every style's row and the other rows, as the
-evaluation counts them.
+so that an edit of nothing is the prompt itself. Judged as the evaluation counts them (UA, IRA,
+CRA, kept), on validation seeds (500,100 on) while choosing, or with `--split eval` on the
+evaluation's seeds (1,000,000 on) for the setting chosen; the last lines give the mean over the
+styles with 95% bootstrap intervals over pictures.
 
     .venv/bin/python bench/text_features.py [--styles sketch pastel forest ember] [--n 1 3 10]
+        [--to mean zero] [--split val|eval] [--seeds 2]
         [--save DIR]   # each style's row (first seed) before and after each edit, as PNG
 """
 
@@ -30,16 +32,18 @@ from PIL import Image
 
 from saeuron.diffusion import Pipeline, load_pipeline
 from saeuron.judging import predict_in
-from saeuron.metrics import Judged, unlearning_metrics
+from saeuron.metrics import Judged, counts, interval, rates
 from saeuron.minicanvas import MODEL_DIR
 from saeuron.minicanvas.world import minicanvas_grid
-from saeuron.names import NO_STYLE
+from saeuron.names import NO_STYLE, SPLIT_SEED_BASE
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.sampling import SamplingConfig, sample
 from saeuron.threads import torch_threads
 from saeuron.worlds import world
 
-SEEDS = [500_100, 500_101]
+FIRST_SEED = {"val": SPLIT_SEED_BASE["val"] + 100, "eval": SPLIT_SEED_BASE["eval"]}
+"""Validation seeds no sweep uses; the evaluation's own seeds."""
+METRICS = ("UA", "IRA", "CRA", "kept")
 
 
 def prompt_tokens(pipe: Pipeline, grid) -> tuple[torch.Tensor, np.ndarray]:
@@ -112,40 +116,51 @@ class EditedPrompts:
         self.pipe.encode_prompts = self.encode
 
 
-def grid_pictures(pipe: Pipeline, grid) -> tuple[np.ndarray, object]:
-    """Every cell of the grid (first template) on the probe's seeds, with the project's
-    sampling defaults."""
-    table = grid.table(SEEDS, templates=1)
+def grid_pictures(pipe: Pipeline, grid, seeds: list[int]) -> tuple[np.ndarray, object]:
+    """Every cell of the grid (first template) on `seeds`, with the project's sampling
+    defaults."""
+    table = grid.table(seeds, templates=1)
     return sample(pipe, list(table.prompt), list(table.seed), **SamplingConfig().options()), table
 
 
-def judge_rows(judge, grid, images: np.ndarray, table, target: str) -> dict:
-    """UA, IRA, CRA and kept of a style target, as the evaluation counts them."""
+def judge_rows(judge, grid, images: np.ndarray, table, target: str) -> dict[str, list[int]]:
+    """[passed, counted] of UA, IRA, CRA and kept of a style target, as the evaluation counts
+    them."""
     styles = grid.styles + (NO_STYLE,)
     style, obj = predict_in(judge, images, grid)
     judged = Judged(np.array([styles.index(s) for s in table["style"]]),
                     np.array([grid.objects.index(o) for o in table["object"]]), style, obj,
                     styles, grid.objects)
-    return unlearning_metrics(judged, "style", [target])
+    return counts(judged, "style", [target])
 
 
 def save_rows(before: np.ndarray, after: np.ndarray, grid, target: str, path: Path) -> None:
     """The target's row at the first seed, unedited above edited, as one PNG."""
-    shape = (len(SEEDS), len(grid.styles) + 1, len(grid.objects)) + before.shape[1:]
+    shape = (-1, len(grid.styles) + 1, len(grid.objects)) + before.shape[1:]
     i = grid.styles.index(target)
     rows = [np.concatenate(list(x.reshape(shape)[0, i]), axis=1) for x in (before, after)]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
+def row(target: str, edit: str, counted: dict[str, list[int]]) -> str:
+    shares = rates(counted)
+    return f"| {target} | {edit} | " + " | ".join(f"{shares[m]:.3f}" for m in METRICS) + " |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--styles", nargs="+", default=["sketch", "pastel", "forest", "ember"])
     parser.add_argument("--n", nargs="+", type=int, default=[1, 3, 10])
+    parser.add_argument("--to", nargs="+", choices=["mean", "zero"], default=["mean", "zero"],
+                        help="Set the features to the unstyled prompts' mean, or to zero.")
     parser.add_argument("--latents", type=int, default=256)
     parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--split", choices=list(FIRST_SEED), default="val")
+    parser.add_argument("--seeds", type=int, default=2, help="Seeds per cell.")
     parser.add_argument("--save", type=Path, help="Folder for each edit's before/after row.")
     args = parser.parse_args()
+    seeds = [FIRST_SEED[args.split] + i for i in range(args.seeds)]
     pipe, grid = load_pipeline(MODEL_DIR), minicanvas_grid()
     judge = world().judge("cpu")
     with torch_threads(2):
@@ -155,26 +170,34 @@ def main() -> None:
             flat = tokens.reshape(-1, tokens.shape[-1])
             fvu = float((sae(flat).sae_out - flat).pow(2).sum() / (flat - flat.mean(0)).pow(2).sum())
         print(f"prompt-token SAE: {args.latents} latents, k {args.k}, FVU {fvu:.4f} on "
-              f"{len(flat)} tokens of {len(tokens)} prompts")
+              f"{len(flat)} tokens of {len(tokens)} prompts; {args.split} seeds {seeds}")
         styles = list(grid.styles) + [NO_STYLE]
         scores, unstyled = style_scores(sae, tokens, style, styles)
-        plain_pictures = grid_pictures(pipe, grid)
-        print("| style | edit | UA | IRA | CRA | kept |\n|---|---|---|---|---|---|")
+        targets = {"mean": unstyled, "zero": np.zeros_like(unstyled)}
+        plain_pictures = grid_pictures(pipe, grid, seeds)
+        per_edit: dict[str, list[dict]] = {}
+        print("| style | edit | " + " | ".join(METRICS) + " |\n|---|---|" + "---|" * len(METRICS))
         for target in args.styles:
-            plain = judge_rows(judge, grid, *plain_pictures, target)
-            print(f"| {target} | none | {plain['UA']:.3f} | {plain['IRA']:.3f} | "
-                  f"{plain['CRA']:.3f} | {plain['kept']:.3f} |", flush=True)
+            print(row(target, "none", judge_rows(judge, grid, *plain_pictures, target)), flush=True)
             order = np.argsort(-scores[styles.index(target)])
             for n in args.n:
-                for name, to in (("unstyled mean", unstyled), ("zero", np.zeros_like(unstyled))):
-                    with EditedPrompts(pipe, sae, order[:n], to):
-                        images, table = grid_pictures(pipe, grid)
-                    m = judge_rows(judge, grid, images, table, target)
+                for to in args.to:
+                    with EditedPrompts(pipe, sae, order[:n], targets[to]):
+                        images, table = grid_pictures(pipe, grid, seeds)
+                    counted = judge_rows(judge, grid, images, table, target)
+                    edit = f"{n} features to the {'unstyled mean' if to == 'mean' else 'zero'}"
+                    per_edit.setdefault(edit, []).append(counted)
                     if args.save:
                         save_rows(plain_pictures[0], images, grid, target,
-                                  args.save / f"{target}-{n}-{name.split()[-1]}.png")
-                    print(f"| {target} | {n} features to the {name} | {m['UA']:.3f} | "
-                          f"{m['IRA']:.3f} | {m['CRA']:.3f} | {m['kept']:.3f} |", flush=True)
+                                  args.save / f"{target}-{n}-{to}.png")
+                    print(row(target, edit, counted), flush=True)
+        print(f"\nmean over {len(args.styles)} styles (95% bootstrap interval over pictures):")
+        for edit, rows in per_edit.items():
+            cells = []
+            for m in METRICS:
+                low, high = interval([r[m] for r in rows])
+                cells.append(f"{np.mean([rates(r)[m] for r in rows]):.3f} ({low:.2f}-{high:.2f})")
+            print(f"| {edit} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -79,13 +79,16 @@ class SafeGuidance(Config):
                                 description="Safety guidance scales tried on validation "
                                 "pictures (Safe Latent Diffusion's weak, medium, strong and max "
                                 "settings).")
-    warmup: int = Field(4, ge=0, le=1000, description="Steps before the safety term applies "
-                        "(the reference's medium setting: 10 of 50 steps).")
-    threshold: float = Field(0.01, ge=-10, le=10, description="The term acts where the "
+    warmup: int = Field(0, ge=0, le=1000, description="Steps before the safety term applies "
+                        "(the reference's max setting: 0; medium: 10 of 50 steps).")
+    threshold: float = Field(1.0, ge=-10, le=10, description="The term acts where the "
                              "prompt's prediction exceeds the concept's by less than this (the "
-                             "reference: 0.0 to 0.025; 0.01 medium).")
-    momentum_scale: float = Field(0.3, ge=0, le=10, description="Weight of the momentum term.")
-    momentum_beta: float = Field(0.4, ge=0, le=1, description="Decay of the momentum.")
+                             "reference's max setting: 1.0; medium 0.01, which removes no "
+                             "MiniCanvas style).")
+    momentum_scale: float = Field(0.5, ge=0, le=10, description="Weight of the momentum term "
+                                  "(max setting 0.5, medium 0.3).")
+    momentum_beta: float = Field(0.7, ge=0, le=1, description="Decay of the momentum (max "
+                                 "setting 0.7, medium 0.4).")
 
     @property
     def name(self) -> str:
