@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 
 from saeuron.config import Config
 from saeuron.diffusion import Pipeline
-from saeuron.esd import ESDConfig, apply_esd, train_esd
+from saeuron.esd import ESDConfig, apply_esd, train_esd, training_seconds
 from saeuron.grid import ConceptGrid
 from saeuron.names import NO_STYLE
 from saeuron.sampling import SafetyGuidance, sample
@@ -46,6 +46,9 @@ class Unlearned:
     hooks: Callable[[], ContextManager] | None = None
     added_bytes: int = 0
     """Storage the method adds to the base model (changed weights, or an SAE and its selection)."""
+    reused_seconds: float = 0.0
+    """Work of an earlier run found on disk and reused (ESD-x's training): part of the time to
+    unlearn, though this call did not spend it."""
 
     def sample(self, prompts: list[str], seeds: list[int], **sampling) -> np.ndarray:
         with self.hooks() if self.hooks else nullcontext():
@@ -204,10 +207,12 @@ class ESDX(Config):
 
     def unlearn(self, pipe: Pipeline, grid: ConceptGrid, domain: str, concepts: list[str],
                 value: float, workdir: Path) -> Unlearned:
+        reused = training_seconds(workdir)
         weights = train_esd(pipe, [words([c]) for c in concepts], self.train, workdir,
                             snapshots=self.checkpoints)[int(value)]
         return Unlearned(apply_esd(pipe, weights),
-                         added_bytes=sum(t.numel() * t.element_size() for t in weights.values()))
+                         added_bytes=sum(t.numel() * t.element_size() for t in weights.values()),
+                         reused_seconds=reused)
 
 
 MethodSpec = Annotated[Union[NegativePrompt, SafeGuidance, UCE, ESDX], Field(discriminator="kind")]

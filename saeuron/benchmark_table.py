@@ -98,7 +98,8 @@ def benchmark_report(lines: list[dict], rows: dict[str, list[dict]], plot: Path,
             "(means over targets, 95% bootstrap intervals over pictures). unlearn s: seconds to "
             "unlearn one concept, choosing the hyperparameter on validation pictures included "
             "(SAeUron: its scoring and sweep per concept; its SAEs are shared by every concept "
-            "and not counted); sampling x and peak MB: sampling the same pictures with the "
+            "and not counted; ESD-x: its training, also where a resumed run reused it); "
+            "sampling x and peak MB: sampling the same pictures with the "
             "method, against plain sampling, each in a fresh process; storage MB: what the "
             "method adds to the model.", "",
             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -104,11 +105,12 @@ def train_esd(pipe: Pipeline, prompts: list[str], cfg: ESDConfig, workdir: str |
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params.values(), lr=cfg.lr)
     state = load_checkpoint(workdir / CHECKPOINT)
-    start = 0
+    start, seconds = 0, 0.0
     if state is not None:
         unet.load_state_dict(state["weights"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
+        start, seconds = state["step"], state.get("seconds", 0.0)
+    began = time.perf_counter()
     trained = dataclasses.replace(pipe, unet=unet)
     uncond, texts = pipe.encode_prompts([""]), pipe.encode_prompts(list(prompts))
     for step in range(start, cfg.steps):
@@ -129,10 +131,18 @@ def train_esd(pipe: Pipeline, prompts: list[str], cfg: ESDConfig, workdir: str |
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(workdir / CHECKPOINT, {
                 "step": step + 1, "optimizer": optimizer.state_dict(),
-                "weights": {k: p.detach() for k, p in params.items()}})
+                "weights": {k: p.detach() for k, p in params.items()},
+                "seconds": seconds + time.perf_counter() - began})
         if progress:
             progress(step + 1, float(loss.detach()))
     return {s: load_file(f) for s, f in done.items()}
+
+
+def training_seconds(workdir: str | Path) -> float:
+    """Seconds of training recorded in `workdir`'s checkpoint, summed over resumed runs (0 if
+    none): the cost of weights a later run finds there and reuses."""
+    state = load_checkpoint(Path(workdir) / CHECKPOINT)
+    return float(state.get("seconds", 0.0)) if state is not None else 0.0
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:

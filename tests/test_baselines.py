@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from saeuron.baselines import ESDX, UCE, NegativePrompt, SafeGuidance, concept_tokens, \
     key_value_projections
-from saeuron.esd import CHECKPOINT, ESDConfig, cross_attention, train_esd
+from saeuron.esd import CHECKPOINT, ESDConfig, cross_attention, train_esd, training_seconds
 from saeuron.minicanvas.world import minicanvas_grid
 from saeuron.sampling import SafetyGuidance, sample
 
@@ -105,6 +105,9 @@ def test_esd_x_trains_only_the_cross_attention_away_from_the_concept(pipe, tmp_p
     again = method.unlearn(pipe, MC, "style", ["sketch"], 3.0, tmp_path / "esd")
     assert all(torch.equal(dict(again.pipe.unet.named_parameters())[k], v)
                for k, v in snapshots[3].items()), "a candidate is a snapshot of the one run"
+    assert unlearned.reused_seconds == 0 and again.reused_seconds > 0, \
+        "a run that reuses the training on disk still counts its seconds"
+    assert again.reused_seconds == training_seconds(tmp_path / "esd")
     with pytest.raises(ValueError, match="go beyond the 6 training steps"):
         ESDX(train=small_esd(), checkpoints=[3, 9])
 
