@@ -52,6 +52,12 @@ def _mean(line: dict, column: str) -> float | None:
         return None
 
 
+def _retention(line: dict, domain: str) -> float | None:
+    """The mean of a domain's IRA and CRA cells, None where either is missing."""
+    ira, cra = _mean(line, f"{domain} IRA"), _mean(line, f"{domain} CRA")
+    return None if ira is None or cra is None else (ira + cra) / 2
+
+
 def plane(lines: list[dict], path: Path, side: int = 360) -> Path:
     """The methods on two UA (x) planes, as a PNG: against the retention of the rest (the mean
     of IRA and CRA) and against their own content kept; styles as circles, objects as squares,
@@ -60,8 +66,7 @@ def plane(lines: list[dict], path: Path, side: int = 360) -> Path:
     img = Image.new("RGB", (2 * side, side + legend), "white")
     draw = ImageDraw.Draw(img)
     span = side - 2 * pad
-    panels = (("retention: (IRA + CRA) / 2", lambda ln, d: (_mean(ln, f"{d} IRA") or 0) / 2
-               + (_mean(ln, f"{d} CRA") or 0) / 2 if _mean(ln, f"{d} CRA") is not None else None),
+    panels = (("retention: (IRA + CRA) / 2", _retention),
               ("own content kept", lambda ln, d: _mean(ln, f"{d} kept")))
     for p, (title, y_of) in enumerate(panels):
         left = p * side + pad

@@ -14,7 +14,6 @@ from saeuron.benchmark import SAeUron, benchmark_target, probe_cost, slug
 from saeuron.benchmark_table import benchmark_report, plane, table_row
 from saeuron.diffusion import load_pipeline
 from saeuron.edited import Unedited
-from saeuron.judging import grid_table
 from saeuron.sampling import SamplingConfig
 from saeuron.scoring import ScoreConfig
 from saeuron.sweep import ValidationConfig
@@ -142,16 +141,19 @@ def sampling_costs(methods: dict, rows: dict[str, list[dict]], folder: Path, mod
     target at the value chosen there (probe_costs); kept for `fp`."""
     kept = {name: UnitResults(folder / slug(name), fp) for name in ["plain", *rows]}
     costs = {name: done["cost"] for name, r in kept.items() if (done := r.done(["cost"]))}
-    w = world(grid)
-    table = grid_table(w.judge(sampling.device), tuple(seeds[:1]), w.grid())[1].iloc[:pictures]
+    missing = kept.keys() - costs.keys()
+    if not missing:
+        return costs
+    concepts = world(grid).grid()
+    table = concepts.table(seeds[:1], templates=1).iloc[:pictures]
     jobs = {}
-    for name in kept.keys() - costs.keys():
+    for name in missing:
         row = next(r for r in rows.get(name, rows["SAeUron"])
                    if r["domain"] == "style" and "+" not in r["target"])
-        jobs[name] = (methods.get(name), model, w.grid(), "style", [row["target"]],
+        jobs[name] = (methods.get(name), model, concepts, "style", [row["target"]],
                       row.get("value", 0.0), str(folder / slug(name) / row["target"] / "work"),
                       list(table.prompt), list(table.seed), sampling, threads)
-    for name, cost in (probe_costs(jobs, processes) if jobs else {}).items():
+    for name, cost in probe_costs(jobs, processes).items():
         kept[name].add("cost", cost)
         costs[name] = cost
     return costs
