@@ -11,7 +11,7 @@ import itertools
 import tempfile
 import time
 
-from saeuron.minicanvas import STYLE_HOOK
+from saeuron.minicanvas import STYLE_BLOCK
 from saeuron.sae_train import SAETrainConfig, SAETrainer
 from storage.activations import ActivationStore
 
@@ -19,7 +19,7 @@ from storage.activations import ActivationStore
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", required=True)
-    parser.add_argument("--hook", default=STYLE_HOOK)
+    parser.add_argument("--hook", default=STYLE_BLOCK)
     parser.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--expansion", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--epochs", type=int, default=1)

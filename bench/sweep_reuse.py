@@ -48,10 +48,10 @@ def main() -> None:
     hook = getattr(config.score.hooks, args.domain)
     sae = SparseAutoencoder.load(layout.sae_dir / hook)
     means = concept_means(ActivationStore.open(layout.activations("score")), hook, sae)
-    domains = {d: select(m, config.score) for d, m in means.items()}
+    domains = {d: select(m, config.score, hook) for d, m in means.items()}
     mean_all = means[args.domain].mean_all
     sweep = getattr(config.score.sweep, args.domain)
-    candidates = {n: select(means[args.domain], config.score, top_n=n).selected
+    candidates = {n: select(means[args.domain], config.score, hook, top_n=n).selected
                   for n in sweep.top_n}
     pipe, judge = load_pipeline(config.harvest.model_path()), Judge.load(JUDGE_DIR)
     saeuron.edited.sample = counting(saeuron.edited.sample)

@@ -2,6 +2,12 @@
 
 A block is named by its module path in the UNet (`up_blocks.1.attentions.1`, as in SD). Its
 feature map (B, C, H, W) becomes (B, H*W, C): one vector per spatial position, the SAE's input.
+
+One hook is not a block: `text` (TEXT_HOOK), the prompt's encoding as the UNet receives it
+(`encoder_hidden_states`, (B, tokens, width)), one vector per token. Every cross-attention block
+reads it, and so does a text-conditioned time embedding (MiniCanvas's), so an edit there reaches
+every path by which the prompt enters the UNet (BENCHMARKS.md, "What removes a style"). It is
+the same at every step of a sampling run.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 
+from saeuron.names import TEXT_HOOK
+
 Mode = Literal["output", "delta"]
 """'output': the block's output (residual included); 'delta': output minus input."""
 
@@ -21,8 +29,9 @@ _BLOCK_TYPES = (Transformer2DModel, ResnetBlock2D)
 
 
 def capturable_blocks(unet: nn.Module) -> list[str]:
-    """Module paths whose output is a feature map: down/mid/up blocks, their attentions, resnets."""
-    names = []
+    """TEXT_HOOK, and the module paths whose output is a feature map: down/mid/up blocks, their
+    attentions, resnets."""
+    names = [TEXT_HOOK]
     for name, module in unet.named_modules():
         top = name.split(".")
         if isinstance(module, _BLOCK_TYPES) or (len(top) == 2 and top[0] in ("down_blocks", "up_blocks")) \
@@ -31,8 +40,9 @@ def capturable_blocks(unet: nn.Module) -> list[str]:
     return names
 
 
-def resolve_blocks(unet: nn.Module, names: list[str]) -> dict[str, nn.Module]:
-    """Look the blocks up, or raise naming the unknown ones and listing the capturable ones."""
+def resolve_blocks(unet: nn.Module, names: list[str]) -> dict[str, nn.Module | None]:
+    """Look the blocks up (TEXT_HOOK: None, it is no module), or raise naming the unknown ones
+    and listing the capturable ones."""
     known = capturable_blocks(unet)
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -41,7 +51,19 @@ def resolve_blocks(unet: nn.Module, names: list[str]) -> dict[str, nn.Module]:
     if not names:
         raise ValueError(f"no block to capture; choose among: {', '.join(known)}")
     modules = dict(unet.named_modules())
-    return {n: modules[n] for n in names}
+    return {n: None if n == TEXT_HOOK else modules[n] for n in names}
+
+
+def unet_context(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The `encoder_hidden_states` of a UNet call, from its forward arguments."""
+    return kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
+
+
+def with_unet_context(args: tuple, kwargs: dict, context: torch.Tensor) -> tuple[tuple, dict]:
+    """A UNet call's arguments with `encoder_hidden_states` replaced by `context`."""
+    if "encoder_hidden_states" in kwargs:
+        return args, {**kwargs, "encoder_hidden_states": context}
+    return (*args[:2], context, *args[3:]), kwargs
 
 
 def feature_map(output: object) -> torch.Tensor:
@@ -88,6 +110,9 @@ class Capture:
                  mode: Mode = "output", cfg: bool = True):
         if mode not in ("output", "delta"):
             raise ValueError(f"unknown capture mode {mode!r}; use 'output' or 'delta'")
+        if mode == "delta" and TEXT_HOOK in blocks:
+            raise ValueError(f"the {TEXT_HOOK!r} hook is the UNet's input, it has no 'delta'; "
+                             "capture 'output'")
         self.unet, self.mode, self.cfg = unet, mode, cfg
         self.modules = resolve_blocks(unet, blocks)
         self.wanted = None if timesteps is None else {int(t) for t in timesteps}
@@ -99,7 +124,9 @@ class Capture:
     def __enter__(self) -> "Capture":
         self._handles.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
         for name, module in self.modules.items():
-            self._handles.append(module.register_forward_hook(self._recorder(name), with_kwargs=True))
+            if module is not None:
+                self._handles.append(module.register_forward_hook(self._recorder(name),
+                                                                  with_kwargs=True))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -112,6 +139,11 @@ class Capture:
         self._now = t if self.wanted is None or t in self.wanted else None
         if self._now is not None:
             self.timesteps.append(t)
+            if TEXT_HOOK in self.modules:
+                context = unet_context(args, kwargs)
+                if self.cfg:
+                    context = context[context.shape[0] // 2:]
+                self.records[TEXT_HOOK].append(context.detach().float().cpu())
 
     def _recorder(self, name: str):
         def hook(_module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:

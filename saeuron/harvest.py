@@ -17,7 +17,7 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 import saeuron
 from saeuron.capture import Capture, resolve_blocks
@@ -31,7 +31,7 @@ from saeuron.sampling import (Precision, SamplingConfig, resolve_precision, samp
 from saeuron.threads import torch_threads
 from storage.activations import ActivationStore, StoreSpec
 from storage.layout import content_digest
-from saeuron.names import SPLIT_SEED_BASE
+from saeuron.names import SPLIT_SEED_BASE, TEXT_HOOK
 
 """First seed of each split: splits never share a seed (eval matches MiniCanvas's judge seeds)."""
 
@@ -48,8 +48,9 @@ class HarvestConfig(Config):
     split: Literal["harvest", "score", "eval"] = Field("harvest", description="Seed range used.")
     n_seeds: int = Field(2, ge=1, le=100_000, description="Seeds per prompt.")
     hooks: list[str] = Field(list(world().hooks.values()), min_length=1,
-                             description="UNet blocks to capture, by module path (default: "
-                             "MiniCanvas's style and object blocks).")
+                             description="UNet blocks to capture, by module path, or 'text': "
+                             "the prompt's encoding the UNet reads (default: MiniCanvas's style "
+                             "and object hooks).")
     capture: Literal["output", "delta"] = Field("output", description="Block output, or output "
                                                 "minus input.")
     num_steps: int | None = Field(None, ge=1, le=1000, description="Sampling steps of the "
@@ -70,6 +71,13 @@ class HarvestConfig(Config):
                          "sums depend on it, so it is part of the configuration: a store is "
                          "bit-identical across resumes and workers at one thread count. Run "
                          "more shards to use more cores.")
+
+    @model_validator(mode="after")
+    def _text_has_no_delta(self) -> "HarvestConfig":
+        if self.capture == "delta" and TEXT_HOOK in self.hooks:
+            raise ValueError(f"capture 'delta' has no meaning at the {TEXT_HOOK!r} hook (the "
+                             "UNet's input); capture 'output', or harvest it apart")
+        return self
 
     def model_path(self) -> str:
         return str(world(self.model).model_dir) if is_world(self.model) else self.model

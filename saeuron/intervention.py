@@ -2,13 +2,16 @@
 
 At each sampling step the block's output x is encoded, z = encode(x); for every feature i
 selected for the target concept(s) at this timestep, wherever z_i > mu(i, t, D) (its mean over
-all concepts) it is set to gamma * mu(i, t, D_c) * z_i (gamma < 0); the block then returns
+all concepts) it is set to gamma * mu(i, t, D_c) * z_i (gamma < 0; gamma 0 sets it to zero);
+the block then returns
 
     x + decode(z_edited) - decode(z)
 
 so that editing nothing returns x exactly. (The public reference code adds the error with the
 opposite sign, which makes a no-op edit return 2 decode(z) - x; `error_sign=-1` reproduces
-it, to measure the difference.) Both halves of the CFG batch are edited. Scores are keyed by
+it, to measure the difference.) Both halves of the CFG batch are edited. At the `text` hook
+(saeuron.capture.TEXT_HOOK) x is the prompt's encoding the UNet receives, one vector per token,
+edited before any block reads it. Scores are keyed by
 timestep value; a sampling timestep that was not scored uses the nearest scored one.
 
 Where a latent is edited is the gate (`gate_thresholds`, an addition to the paper beyond
@@ -38,7 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from saeuron.capture import feature_map, resolve_blocks, unet_timestep, with_feature_map
+from saeuron.capture import (feature_map, resolve_blocks, unet_context, unet_timestep,
+                             with_feature_map, with_unet_context)
 from saeuron.sae import SparseAutoencoder
 from saeuron.sampling import sampling_batch
 
@@ -160,8 +164,8 @@ class Edit:
         Where several concepts select the same feature, the strongest (most negative) factor wins.
         """
         for m in multipliers:
-            if m >= 0:
-                warnings.warn(f"multiplier {m} is not negative: the selected features will be "
+            if m > 0:
+                warnings.warn(f"multiplier {m} is positive: the selected features will be "
                               "kept or amplified instead of removed", stacklevel=2)
         gammas = np.asarray(multipliers, np.float32)[:, None, None]
         factors = np.where(selected, gammas * concept_mean, np.inf)
@@ -222,7 +226,9 @@ class Recorded:
 
 
 class Unlearn:
-    """Context manager that edits a block's output with an SAE during sampling.
+    """Context manager that edits a block's output with an SAE during sampling (or, at
+    saeuron.capture.TEXT_HOOK, the prompt's encoding each UNet call receives, one vector per
+    token).
 
     With a detector, which pictures (batch rows) are detected is kept across the UNet calls of
     one sampling batch and starts afresh with the next (saeuron.sampling.sampling_batch; outside
@@ -247,8 +253,9 @@ class Unlearn:
         """Per UNet call, the share of (position, selected feature) pairs that were edited."""
 
     def __enter__(self) -> "Unlearn":
-        self._handles = [self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True),
-                         self.module.register_forward_hook(self._on_block)]
+        self._handles = [self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True)]
+        if self.module is not None:
+            self._handles.append(self.module.register_forward_hook(self._on_block))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -256,10 +263,16 @@ class Unlearn:
             handle.remove()
         self._handles = []
 
-    def _on_unet(self, _m: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _on_unet(self, _m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if (batch := sampling_batch()) != self._batch:
             self._seen, self._batch = {}, batch
         self._t = unet_timestep(args, kwargs)
+        if self.module is not None:
+            return None
+        tokens = unet_context(args, kwargs)  # (B, tokens, width): a (B, width, tokens, 1) map
+        with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):
+            edited = self._edited(tokens.transpose(1, 2)[..., None])[..., 0].transpose(1, 2)
+        return with_unet_context(args, kwargs, edited.contiguous())
 
     @torch.no_grad()
     def _on_block(self, _m: nn.Module, _args: tuple, output: object) -> object:

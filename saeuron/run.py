@@ -170,8 +170,9 @@ def check_pipeline(cfg: PipelineConfig) -> None:
     prepare(cfg.score_harvest(), cfg.sampling, harvested.pipe)
     for domain in DOMAINS:
         hook = getattr(cfg.score.hooks, domain)
+        train = cfg.train.for_hook(hook)
         sae = SAEConfig(d_in=harvested.spec.hooks[hook][1],
-                        expansion_factor=cfg.train.expansion_factor, k=cfg.train.k)
+                        expansion_factor=train.expansion_factor, k=train.k)
         sweep = getattr(cfg.score.sweep, domain)
         for name, n in [("score.top_n", cfg.score.top_n)] + [
                 (f"score.sweep.{domain}.top_n", n) for n in (sweep.top_n if sweep else [])]:

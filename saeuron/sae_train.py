@@ -32,14 +32,17 @@ METRICS = "metrics.jsonl"
 
 
 class HookOverrides(Config):
+    expansion_factor: int | None = Field(None, ge=1, le=256, description="Latents per input "
+                                         "dimension for this hook.")
+    k: int | None = Field(None, ge=1, description="Active latents per vector for this hook.")
     batch_size: int | None = Field(None, ge=1, description="Vectors per step for this hook.")
     epochs: int | None = Field(None, ge=1, le=1000, description="Passes for this hook.")
 
 
 class SAETrainConfig(Config):
-    hooks: list[str] = Field(list(world().hooks.values()), min_length=1, description="Blocks whose "
+    hooks: list[str] = Field(list(world().hooks.values()), min_length=1, description="Hooks whose "
                              "activations to fit, one SAE each with these options (default: "
-                             "MiniCanvas's style and object blocks).")
+                             "MiniCanvas's style and object hooks).")
     expansion_factor: int = Field(4, ge=1, le=256, description="Latents per input dimension "
                                   "(MiniCanvas: 4; the paper's SD setting: 16).")
     k: int = Field(32, ge=1, description="Active latents per vector (see the FVU table of "
@@ -62,10 +65,13 @@ class SAETrainConfig(Config):
     threads: int = Field(2, ge=1, le=256, description="torch CPU threads. Float sums depend on "
                          "it, so a resumed run equals an uninterrupted one at the same count.")
     overrides: dict[str, HookOverrides] = Field(
-        {world().hooks["object"]: HookOverrides(batch_size=1024, epochs=10)},
+        {world().hooks["object"]: HookOverrides(batch_size=1024, epochs=10),
+         world().hooks["style"]: HookOverrides(k=8, epochs=10)},
         description="Options that differ per hook (the paper trains its object block for 5 "
         "epochs, its style block for 10). MiniCanvas's 4x4 object block has a quarter of the "
-        "vectors per sample, so it takes smaller batches and more epochs.")
+        "vectors per sample, so it takes smaller batches and more epochs; its prompt encoding "
+        "('text', 16 tokens) has fewer still, and k 8 as the probe that found it "
+        "(BENCHMARKS.md).")
 
     def for_hook(self, hook: str) -> "SAETrainConfig":
         """The options of one hook's SAE: these, with the hook's overrides applied."""

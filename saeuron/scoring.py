@@ -166,8 +166,10 @@ def select_features(scores: np.ndarray, *, percentile: float | None = None,
 
 
 class DomainHooks(Config):
-    style: str = Field(world().hooks["style"], description="Block whose SAE removes styles.")
-    object: str = Field(world().hooks["object"], description="Block whose SAE removes objects.")
+    style: str = Field(world().hooks["style"], description="Block (or 'text', the prompt's "
+                       "encoding) whose SAE removes styles.")
+    object: str = Field(world().hooks["object"], description="Block (or 'text') whose SAE "
+                        "removes objects.")
 
     def by_hook(self) -> dict[str, list[str]]:
         """Hook -> the domains its SAE removes, in DOMAINS order."""
@@ -190,12 +192,12 @@ class DomainSweeps(Config):
 
 
 def default_sweeps() -> DomainSweeps:
-    """The pipeline's sweep: objects need more features and stronger multipliers than styles,
-    and of the edits that remove one on every validation picture the strongest holds on unseen
-    seeds (the weakest sits where the object comes back);
-    style edits at the 8x8 block cost objects, so their objective counts the objects of every
-    validation picture, CRA_grid (measured on MiniCanvas, BENCHMARKS.md)."""
-    return DomainSweeps(style=SweepConfig(top_n=[1, 3, 10, 20], multipliers=[-3, -10, -30, -60],
+    """The pipeline's sweep (measured on MiniCanvas, BENCHMARKS.md): styles at the prompt's
+    encoding, by setting their features to zero or reversing them mildly, with the objects of
+    every validation picture in the objective (CRA_grid); objects at a UNet block need more
+    features and strong multipliers, and of the edits that remove one on every validation
+    picture the strongest holds on unseen seeds (the weakest sits where the object comes back)."""
+    return DomainSweeps(style=SweepConfig(top_n=[3, 10, 30], multipliers=[0, -1, -3],
                                           objective=["UA", "IRA", "CRA_grid"]),
                         object=SweepConfig(top_n=[10, 20, 40], multipliers=[-5, -10, -20],
                                            prefer="stronger"))
@@ -227,7 +229,8 @@ class ScoreConfig(Config):
     detect_start: int = Field(DETECT_START, ge=0, le=1000, description="'detect' gate: the "
                               "timestep from which pictures are checked and edited (measured on "
                               "MiniCanvas's schedule: at the first steps the noise moves the "
-                              "features as much as the prompt; BENCHMARKS.md).")
+                              "features as much as the prompt; BENCHMARKS.md). Not at the text "
+                              "hook, which holds no noise: checked from the first step.")
     exclusive: bool = Field(True, description="Select a feature for a concept only where that "
                             "concept has its highest mean activation (an addition to the paper: "
                             "keeps features shared by all concepts out; see BENCHMARKS.md).")

@@ -12,7 +12,7 @@ import numpy as np
 from saeuron.grid import ConceptGrid
 from saeuron.intervention import Edit, Gate
 from saeuron.judging import GridJudge
-from saeuron.names import NO_STYLE
+from saeuron.names import NO_STYLE, TEXT_HOOK
 from saeuron.diffusion import Pipeline
 from saeuron.sae import SparseAutoencoder
 from saeuron.sampling import SamplingConfig
@@ -23,9 +23,12 @@ from saeuron.unlearning import concept_edit
 from storage.features import DomainFeatures
 
 
-def select(m: ConceptMeans, config: ScoreConfig, top_n: int | None = None) -> DomainFeatures:
-    """The features of each concept by the score rule (`top_n` per timestep instead of the
-    configured percentile, if given), with the configured multiplier and gate for all."""
+def select(m: ConceptMeans, config: ScoreConfig, hook: str,
+           top_n: int | None = None) -> DomainFeatures:
+    """The features of each concept of `hook`'s SAE by the score rule (`top_n` per timestep
+    instead of the configured percentile, if given), with the configured multiplier and gate for
+    all. At TEXT_HOOK pictures are checked for the concept from the first step: the prompt's
+    encoding holds no noise, so detect_start does not apply."""
     scores = m.scores(config.contrast)
     selected = select_features(scores, percentile=None if top_n else config.percentile,
                                top_n=top_n or config.top_n,
@@ -35,7 +38,8 @@ def select(m: ConceptMeans, config: ScoreConfig, top_n: int | None = None) -> Do
                           multiplier=np.full(len(m.concepts), config.multiplier),
                           gate=[config.gate] * len(m.concepts),
                           detect_at=np.full(len(m.concepts), config.detect_at),
-                          detect_start=np.full(len(m.concepts), config.detect_start))
+                          detect_start=np.full(len(m.concepts), 1000 if hook == TEXT_HOOK
+                                               else config.detect_start))
 
 
 def sweep_domains(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatures],
@@ -53,7 +57,7 @@ def sweep_domains(means: dict[str, ConceptMeans], domains: dict[str, DomainFeatu
     jobs = []
     for name in swept:
         d, m = domains[name], means[name]
-        candidates = {n: select(m, config, top_n=n).selected
+        candidates = {n: select(m, config, hook, top_n=n).selected
                       for n in getattr(config.sweep, name).top_n}
         jobs += [(name, c, candidates) for c, concept in enumerate(d.concepts) if concept != NO_STYLE]
 

@@ -76,7 +76,7 @@ class SweepConfig(ValidationConfig):
     top_n: list[int] = Field([1, 3, 10], min_length=1, description="Candidate features per "
                              "timestep.")
     multipliers: list[float] = Field([-3.0, -10.0, -30.0], min_length=1,
-                                     description="Candidate gammas (negative).")
+                                     description="Candidate gammas (negative; 0: set the features to zero).")
     prefer: Literal["weaker", "stronger"] = Field(
         "weaker", description="Which of two candidates with the same objective is kept: the "
         "'weaker' (smaller n, then weaker multiplier; the edit that changes least) or the "
@@ -116,8 +116,9 @@ class SweepConfig(ValidationConfig):
     @field_validator("multipliers")
     @classmethod
     def _negative(cls, values: list[float]) -> list[float]:
-        if max(values) >= 0:
-            raise ValueError(f"multipliers must be negative (they remove a concept), got {values}")
+        if max(values) > 0:
+            raise ValueError(f"multipliers must be negative, or 0 to set the features to zero "
+                             f"(they remove a concept), got {values}")
         return sorted(set(values), reverse=True)
 
 

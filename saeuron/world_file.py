@@ -42,8 +42,8 @@ class LabelledPrompt(Config):
 
 
 class WorldHooks(Config):
-    style: str = Field(..., description="Block whose SAE removes styles.")
-    object: str = Field(..., description="Block whose SAE removes objects.")
+    style: str = Field(..., description="Block (or 'text') whose SAE removes styles.")
+    object: str = Field(..., description="Block (or 'text') whose SAE removes objects.")
 
 
 class WorldFile(Config):
@@ -69,7 +69,8 @@ class WorldFile(Config):
                                                  "least one per cell (every object, unstyled "
                                                  "and in every style); the first of a cell is "
                                                  "the one the sweep and the evaluation sample.")
-    hooks: WorldHooks = Field(..., description="The blocks whose SAEs edit each domain.")
+    hooks: WorldHooks = Field(..., description="The blocks (or 'text', the prompt's "
+                               "encoding) whose SAEs edit each domain.")
     judge: JudgeSpec = Field(..., description="The classifier that names a picture's concepts.")
     defaults: dict = Field({}, description="Pipeline options this world runs with, as in a "
                            "configuration file; the configuration's own options override them.")

@@ -33,7 +33,7 @@ def score_features(store_url: str, sae_dir: str, out_url: str, config: ScoreConf
     means = {d: m for d, m in concept_means(store, hook, sae, scheduler=dask_address).items()
              if d in domains}
     mean_all = next(iter(means.values())).mean_all
-    selected = {name: select(m, config) for name, m in means.items()}
+    selected = {name: select(m, config, hook) for name, m in means.items()}
     swept = [d for d in config.sweep.domains() if d in domains]
     sweep_rows = (run_sweep(means, selected, swept, mean_all, sae, hook, config, model,
                             sampling, grid) if swept else [])

@@ -55,6 +55,19 @@ def test_method_paper_sets_the_papers_score_options_and_explicit_ones_win(tmp_pa
     assert PipelineConfig.from_yaml(path).model_dump() == config.model_dump()
 
 
+def test_minicanvas_removes_styles_at_the_prompts_encoding_with_its_own_sae_options():
+    from saeuron.minicanvas import OBJECT_HOOK
+    from saeuron.run import PipelineConfig
+
+    config = PipelineConfig()
+    assert (config.score.hooks.style, config.score.hooks.object) == ("text", OBJECT_HOOK)
+    assert config.harvest.hooks == config.train.hooks == ["text", OBJECT_HOOK]
+    text, block = config.train.for_hook("text"), config.train.for_hook(OBJECT_HOOK)
+    assert (text.k, text.epochs, text.batch_size) == (8, 10, config.train.batch_size)
+    assert (block.k, block.epochs, block.batch_size) == (config.train.k, 10, 1024)
+    assert 0 in config.score.sweep.style.multipliers, "zeroing is a style candidate"
+
+
 def test_a_score_section_without_sweep_keeps_the_default_sweep(tmp_path):
     from saeuron.run import PipelineConfig
     from saeuron.scoring import default_sweeps

@@ -15,6 +15,7 @@ import xarray as xr
 import zarr
 
 from saeuron.capture import Capture
+from saeuron.names import TEXT_HOOK
 from saeuron.harvest import HarvestConfig, open_store, prepare, run_units
 from saeuron.diffusion import load_pipeline
 from saeuron.run import RunConfig
@@ -101,6 +102,22 @@ def test_hooks_of_different_shapes_share_one_store(fresh_pipeline_dir, tmp_path)
     assert ds[small].dims[2:] == ("position_16", "feature_128") and ds[small].shape[2:] == (16, 128)
     alone = harvest_all(small_config(fresh_pipeline_dir, hooks=[small]), str(tmp_path / "b.zarr"))
     assert np.array_equal(ds[small].values, alone.group[small][:])
+
+def test_the_text_hook_stores_each_prompts_encoding_at_every_step(fresh_pipeline_dir, tmp_path):
+    """The 'text' hook is what every cross-attention block reads: each sample's prompt encoded,
+    one vector per token, the same at every kept timestep; 'delta' is refused before sampling."""
+    cfg = small_config(fresh_pipeline_dir, hooks=[TEXT_HOOK, HOOK])
+    store = harvest_all(cfg, str(tmp_path / "acts.zarr"))
+    pipe = load_pipeline(fresh_pipeline_dir)
+    text = store.group[TEXT_HOOK][:].astype(np.float32)
+    with torch.no_grad():
+        encoded = pipe.encode_prompts(list(store.labels().prompt)).numpy()
+    assert text.shape == (len(encoded), 4, *encoded.shape[1:])
+    for t in range(text.shape[1]):
+        np.testing.assert_allclose(text[:, t], encoded, atol=2e-3, rtol=1e-3)  # float16 store
+    with pytest.raises(ValueError, match="capture 'delta' has no meaning at the 'text' hook"):
+        small_config(fresh_pipeline_dir, hooks=[TEXT_HOOK], capture="delta")
+
 
 def test_delta_is_output_minus_input(tiny_sd_dir):
     """Inside an up block, attentions.1 reads what resnets.1 wrote."""

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from saeuron.capture import Capture
+from saeuron.names import TEXT_HOOK
 from saeuron.intervention import Detector, Edit, Unlearn, gate_thresholds
 from saeuron.sae import SAEConfig, SparseAutoencoder
 from saeuron.sampling import sample, schedule_timesteps
@@ -33,12 +34,13 @@ def edit_for(pipe, sae, selected_features=(), multiplier=-1.0, steps=4) -> Edit:
                              [multiplier], np.zeros(selected.shape[1:], np.float32))
 
 
-def test_an_edit_of_nothing_leaves_the_pictures_unchanged(pipe, sae):
+@pytest.mark.parametrize("hook", [HOOK, TEXT_HOOK])
+def test_an_edit_of_nothing_leaves_the_pictures_unchanged(pipe, sae, hook):
     base = sample_exact(pipe)
-    with Unlearn(pipe.unet, HOOK, sae, edit_for(pipe, sae)):
+    with Unlearn(pipe.unet, hook, sae, edit_for(pipe, sae)):
         same = sample_exact(pipe)
     assert np.array_equal(base, same)
-    with Unlearn(pipe.unet, HOOK, sae, edit_for(pipe, sae), error_sign=-1):
+    with Unlearn(pipe.unet, hook, sae, edit_for(pipe, sae), error_sign=-1):
         reference_sign = sample_exact(pipe)
     assert not np.array_equal(base, reference_sign), "the reference code's sign is not a no-op"
 
@@ -65,6 +67,33 @@ def test_the_rule_edits_selected_features_above_the_mean(pipe, sae):
     assert hit.any(), "the test must edit something"
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert unlearn.edited_fraction[0] > 0
+
+
+@pytest.mark.parametrize("multiplier", [-3.0, 0.0])
+def test_at_the_text_hook_the_rule_edits_what_every_block_reads(pipe, sae, multiplier):
+    """The prompt's encoding, as the UNet receives it in both halves of the CFG batch, is
+    edited token by token as a block's output is (0: the selected features set to zero), and
+    the pictures change."""
+    with torch.no_grad():
+        x = torch.cat([pipe.encode_prompts([""]), pipe.encode_prompts(PROMPTS[:1])])
+    x = x.reshape(-1, sae.cfg.d_in)
+    edit = edit_for(pipe, sae, selected_features=range(0, 32, 2), multiplier=multiplier)
+    with Unlearn(pipe.unet, TEXT_HOOK, sae, edit), \
+            Capture(pipe.unet, [TEXT_HOOK], cfg=False) as edited:
+        pictures = sample_exact(pipe, 1)
+    got = torch.from_numpy(edited.take()[1][TEXT_HOOK])
+    assert (got == got[:, :1]).all(), "the same encoding at every step"
+    with torch.no_grad():
+        z = sae.dense_latents(x)
+        z_edit = z.clone()
+        cols = torch.arange(0, 32, 2)
+        hit = z[:, cols] > 0
+        z_edit[:, cols] = torch.where(hit, multiplier * 0.5 * z[:, cols], z[:, cols])
+        expected = x + (z_edit - z) @ sae.W_dec
+    assert hit.any(), "the test must edit something"
+    torch.testing.assert_close(got[:, 0].reshape(-1, sae.cfg.d_in), expected, rtol=1e-4,
+                               atol=1e-4)
+    assert not np.array_equal(pictures, sample_exact(pipe, 1))
 
 
 def test_error_sign_zero_outputs_the_reconstruction_alone(pipe, sae):
@@ -179,7 +208,7 @@ def test_nearest_scored_timestep_by_value(pipe, sae):
 
 
 def test_a_multiplier_of_the_wrong_sign_warns(pipe, sae):
-    with pytest.warns(UserWarning, match="multiplier 2.0 is not negative"):
+    with pytest.warns(UserWarning, match="multiplier 2.0 is positive"):
         edit_for(pipe, sae, multiplier=2.0)
 
 

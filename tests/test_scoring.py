@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from saeuron.sae import SAEConfig, SparseAutoencoder
-from saeuron.scoring import ConceptMeans, concept_means, select_features
+from saeuron.names import TEXT_HOOK
+from saeuron.scoring import ConceptMeans, ScoreConfig, concept_means, select_features
+from saeuron.selection import select
 from stores import HOOK, synthetic_store
 
 
@@ -85,3 +87,15 @@ def test_max_contrast_passes_over_a_feature_another_concept_shares():
     assert select_features(m.scores("mean"), top_n=1)[0].tolist() == [[True, False, False]]
     assert select_features(m.scores("max"), top_n=1)[0].tolist() == [[False, True, False]]
     np.testing.assert_allclose(m.scores("max")[0, 0], [0.0, 0.125, -0.875])
+
+
+def test_at_the_text_hook_pictures_are_checked_from_the_first_step():
+    """A prompt's encoding holds no noise, so the detect gate's start, measured on a block's
+    noisy first steps, does not apply there."""
+    sums = np.array([[[6.0, 1.0]], [[0.0, 5.0]]])
+    m = ConceptMeans(concepts=["a", "b"], timesteps=[999], sums=sums, counts=np.ones(2, int))
+    config = ScoreConfig(top_n=1, detect_start=900)
+    assert select(m, config, HOOK).detect_start.tolist() == [900, 900]
+    text = select(m, config, TEXT_HOOK)
+    assert text.detect_start.tolist() == [1000, 1000]
+    assert text.selected[:, 0].tolist() == [[True, False], [False, True]]

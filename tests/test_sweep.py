@@ -52,6 +52,7 @@ def test_validation_cells_hold_the_concept_and_a_fixed_sample_of_the_others():
 def test_sweep_config_refuses_non_removing_multipliers():
     with pytest.raises(ValidationError, match="multipliers must be negative"):
         SweepConfig(multipliers=[-1.0, 2.0])
+    assert SweepConfig(multipliers=[0, -1.0]).multipliers == [0, -1.0], "0: zero ablation"
     with pytest.raises(ValidationError, match="top_n candidates must be >= 1"):
         SweepConfig(top_n=[0, 2])
 
